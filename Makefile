@@ -4,26 +4,30 @@ GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/superpeer/superpeer/superpeer.Version=$(VERSION)
 BIN := bin/superpeer
+FUZZTIME ?= 20s
 
-.PHONY: all build run test bench cross lint fuzz sim demo firmware size clean
+.PHONY: all build run test bench cross lint fuzz sim lab clean
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/superpeer
 
+# The appliance on its embedded default configuration; Ctrl-C stops it.
 run: build
 	$(BIN) run
 
+# Every test. As root: installs the Debian packages the lab needs and runs
+# the lab tests for real; otherwise lists what it skipped and why.
 test:
-	./scripts/test.sh
+	./netlab/test.sh
 
 bench:
-	./scripts/bench.sh
+	./bench/run.sh
 
 # linux amd64, arm64, arm v6/v7, mipsle and mips softfloat, stripped.
 cross:
-	./scripts/cross.sh dist
+	./firmware/cross.sh dist
 
 lint:
 	$(GO) vet ./...
@@ -32,11 +36,23 @@ lint:
 		$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...; \
 	else echo "staticcheck: not available from the module proxy, skipped"; fi
 
+# Every Fuzz function of every package, FUZZTIME each.
 fuzz:
-	./scripts/fuzz.sh
+	@set -e; for pkg in $$($(GO) list ./...); do \
+		for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+			echo "== $$pkg $$f"; \
+			$(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $$pkg; \
+		done; \
+	done
 
+# The overlay's discrete-event simulator at 1,000 / 10,000 / 100,000 nodes.
 sim:
 	$(GO) run ./overlay/sim/cmd/sim
+
+# A lab topology by hand: make lab SITES=pp,random+upnp
+SITES ?= pp,random
+lab:
+	$(GO) run ./netlab/cmd/netlab up --sites $(SITES)
 
 clean:
 	rm -rf bin dist
