@@ -64,10 +64,12 @@ func (f *fakeRemote) WriteTo(b []byte, to net.Addr) (int, error) {
 
 func (f *fakeRemote) ReadFrom([]byte) (int, net.Addr, error) { select {} }
 func (f *fakeRemote) Close() error                           { return nil }
-func (f *fakeRemote) LocalAddr() net.Addr                    { return &net.UDPAddr{IP: net.IPv4(192, 168, 1, 10), Port: 5060} }
-func (f *fakeRemote) SetDeadline(time.Time) error            { return nil }
-func (f *fakeRemote) SetReadDeadline(time.Time) error        { return nil }
-func (f *fakeRemote) SetWriteDeadline(time.Time) error       { return nil }
+func (f *fakeRemote) LocalAddr() net.Addr {
+	return &net.UDPAddr{IP: net.IPv4(192, 168, 1, 10), Port: 5060}
+}
+func (f *fakeRemote) SetDeadline(time.Time) error      { return nil }
+func (f *fakeRemote) SetReadDeadline(time.Time) error  { return nil }
+func (f *fakeRemote) SetWriteDeadline(time.Time) error { return nil }
 
 // switchableLifetime is a LifetimeSource a test changes, and that records
 // the remaps it is told of.
