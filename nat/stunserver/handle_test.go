@@ -67,7 +67,9 @@ func TestRateLimitTableBound(t *testing.T) {
 	clk := clock.NewFake(time.Unix(1000, 0))
 	h := testHandler(1, 2, 2)
 	req := stun.MustBuild(stun.TransactionID, stun.BindingRequest).Raw
-	src := func(i int) netip.AddrPort { return netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}), 5000) }
+	src := func(i int) netip.AddrPort {
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}), 5000)
+	}
 	for i := range 2 {
 		if r := h.handle(req, src(i), sockID{}, clk.Now()); r.verdict != answered {
 			t.Fatalf("source %d refused with room in the table: %s", i, r.reason)
