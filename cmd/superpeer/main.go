@@ -252,4 +252,3 @@ func version(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "superpeer %s (%s, %s)\n", v.Version, v.GoVersion, v.Platform)
 	return control.ExitOK
 }
-
