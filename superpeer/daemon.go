@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/pion/transport/v5"
 	"github.com/pion/transport/v5/stdnet"
 
@@ -49,9 +50,12 @@ type Daemon struct {
 	started time.Time
 	control *control.Server
 	lock    *os.File
+	metrics *metricsServer
+	ready   chan struct{} // closed once Run has started every part
 
-	mu    sync.Mutex // guards following
-	parts []part
+	mu         sync.Mutex // guards following
+	parts      []part
+	metricSets []*metrics.Set
 }
 
 // A part is one capability of the daemon (NAT, election, overlay, SIP,
@@ -63,7 +67,7 @@ type part struct {
 
 // New checks the configuration's environment and prepares a daemon.
 func New(cfg *config.Config, opts Options) (*Daemon, error) {
-	d := &Daemon{cfg: cfg, net: opts.Net, clock: clock.OrReal(opts.Clock), log: opts.Log}
+	d := &Daemon{cfg: cfg, net: opts.Net, clock: clock.OrReal(opts.Clock), log: opts.Log, ready: make(chan struct{})}
 	if d.log == nil {
 		d.log = NewLogger(cfg, opts.LogOutput)
 	}
@@ -117,6 +121,15 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	for _, name := range []string{"nat", "election", "overlay", "sip", "turn"} {
 		d.setPart(name, "not built into this daemon yet")
 	}
+	own := metrics.NewSet()
+	own.NewGauge("superpeer_uptime_seconds", func() float64 { return d.clock.Since(d.started).Seconds() })
+	own.NewGauge(fmt.Sprintf("superpeer_build_info{version=%q}", Version), func() float64 { return 1 })
+	d.addMetrics(own)
+	if err := d.startMetrics(); err != nil {
+		d.control.Close(context.Background())
+		return err
+	}
+	close(d.ready)
 	d.log.Info("superpeer started", "version", Version, "state_dir", dir, "control", sock, "config", d.cfg.Source)
 
 	select {
@@ -127,9 +140,14 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	stopCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	cerr := d.control.Close(stopCtx)
+	merr := d.stopMetrics(stopCtx)
 	d.log.Info("superpeer stopped")
-	return errors.Join(err, cerr)
+	return errors.Join(err, cerr, merr)
 }
+
+// Ready is closed once Run has started every part and serves the control
+// socket.
+func (d *Daemon) Ready() <-chan struct{} { return d.ready }
 
 // lockStateDir refuses a second daemon on the same state directory.
 func (d *Daemon) lockStateDir(dir string) error {
