@@ -1,0 +1,603 @@
+// Package sim is a discrete-event simulator of the overlay. It drives the
+// real routing code (overlay/routing: the table with its degree bound, the
+// link choice, the next-hop choice with the neighbours' neighbours) with up
+// to 100,000 nodes in one process and replaces only the network: a message
+// is a function call, a link is a pair of table entries, and a failed node
+// is one that stops answering. It measures what the appliance would see:
+// links per node, hops per lookup and how many lookups reach the key's true
+// root, healthy, right after a tenth of the nodes fail at once, and under
+// churn.
+package sim
+
+import (
+	"cmp"
+	"container/heap"
+	"encoding/binary"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	"github.com/superpeer/superpeer/overlay/routing"
+)
+
+// Config describes one simulated overlay.
+type Config struct {
+	// N is the number of nodes.
+	N int
+	// Table is the routing-table shape every node uses.
+	Table routing.Config
+	// Seed makes a run repeatable.
+	Seed uint64
+	// Lookups is the number of lookups measured per phase.
+	Lookups int
+	// FailFraction of the nodes fail at once in the failure phase.
+	FailFraction float64
+	// RepairRounds is how many maintenance rounds run after the joins.
+	RepairRounds int
+	// Churn is how long (simulated) the churn phase lasts; 0 skips it.
+	Churn time.Duration
+	// SessionMean is the mean lifetime of a node under churn.
+	SessionMean time.Duration
+	// Keepalive is how long a node takes to notice that a neighbour died.
+	Keepalive time.Duration
+	// MaintainEvery is the period of a node's table maintenance.
+	MaintainEvery time.Duration
+	// MaxHops bounds a route.
+	MaxHops int
+}
+
+// DefaultConfig returns the configuration of `make sim` for n nodes.
+func DefaultConfig(n int) Config {
+	return Config{
+		N:             n,
+		Table:         routing.DefaultConfig(),
+		Seed:          1,
+		Lookups:       20000,
+		FailFraction:  0.10,
+		RepairRounds:  2,
+		Churn:         30 * time.Minute,
+		SessionMean:   2 * time.Hour,
+		Keepalive:     30 * time.Second,
+		MaintainEvery: 5 * time.Minute,
+		MaxHops:       64,
+	}
+}
+
+// Validate rejects configurations the simulator cannot run.
+func (c Config) Validate() error {
+	if c.N < 2 {
+		return fmt.Errorf("sim: %d nodes: want at least 2", c.N)
+	}
+	if c.FailFraction < 0 || c.FailFraction >= 1 {
+		return fmt.Errorf("sim: fail fraction %v: want [0, 1)", c.FailFraction)
+	}
+	if c.Lookups < 1 || c.MaxHops < 1 {
+		return fmt.Errorf("sim: lookups %d, max hops %d: want at least 1", c.Lookups, c.MaxHops)
+	}
+	return c.Table.Validate()
+}
+
+// Lookups summarises the lookups of one phase.
+type Lookups struct {
+	Count    int
+	Success  int     // reached the live node closest to the key
+	HopsMean float64 // forwards per successful lookup
+	HopsP99  int
+	HopsMax  int
+	// Timeouts is the mean number of forwards per lookup that hit a dead
+	// node and had to be retried elsewhere.
+	Timeouts float64
+}
+
+// SuccessRate is Success/Count.
+func (l Lookups) SuccessRate() float64 { return float64(l.Success) / float64(max(l.Count, 1)) }
+
+// Result is what one run measured.
+type Result struct {
+	N          int
+	Degree     int     // D
+	DegreeMax  int     // most links any node held at any time
+	DegreeMean float64 // mean links per live node after the joins
+	Healthy    Lookups // all nodes up, tables built
+	Failed     Lookups // right after FailFraction of the nodes failed at once
+	Repaired   Lookups // after the survivors noticed and repaired
+	Churned    Lookups // during churn (0 Count when skipped)
+	Joins      int     // joins during churn
+	Leaves     int     // failures during churn
+	Elapsed    time.Duration
+}
+
+type node struct {
+	id    routing.ID
+	table *routing.Table
+	alive bool
+}
+
+// Sim is one simulated overlay.
+type Sim struct {
+	cfg     Config
+	rnd     *rand.Rand
+	nodes   []*node
+	byID    map[routing.ID]*node
+	degMax  int
+	visited []routing.ID
+	now     time.Duration
+	events  eventQueue
+	live    []routing.ID // sorted, rebuilt on demand
+	liveOK  bool
+}
+
+// New builds an empty simulator.
+func New(cfg Config) (*Sim, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Sim{
+		cfg:  cfg,
+		rnd:  rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15)),
+		byID: make(map[routing.ID]*node, cfg.N),
+	}, nil
+}
+
+// Run builds the overlay by joins, then measures the phases.
+func Run(cfg Config) (Result, error) {
+	start := time.Now()
+	s, err := New(cfg)
+	if err != nil {
+		return Result{}, err
+	}
+	res := Result{N: cfg.N, Degree: cfg.Table.Degree}
+	for i := 0; i < cfg.N; i++ {
+		s.Join()
+	}
+	for r := 0; r < cfg.RepairRounds; r++ {
+		s.MaintainAll()
+	}
+	res.DegreeMean = s.meanDegree()
+	res.Healthy = s.MeasureLookups(cfg.Lookups)
+	s.FailRandom(cfg.FailFraction)
+	res.Failed = s.MeasureLookups(cfg.Lookups)
+	s.DetectAll()
+	s.MaintainAll()
+	res.Repaired = s.MeasureLookups(cfg.Lookups)
+	if cfg.Churn > 0 {
+		res.Churned, res.Joins, res.Leaves = s.RunChurn(cfg.Churn, cfg.Lookups)
+	}
+	res.DegreeMax = s.degMax
+	res.Elapsed = time.Since(start)
+	return res, nil
+}
+
+func (s *Sim) newID() routing.ID {
+	var id routing.ID
+	for i := 0; i < routing.IDLen; i += 8 {
+		binary.BigEndian.PutUint64(id[i:], s.rnd.Uint64())
+	}
+	return id
+}
+
+func (s *Sim) randomLive() *node {
+	for {
+		n := s.nodes[s.rnd.IntN(len(s.nodes))]
+		if n.alive {
+			return n
+		}
+	}
+}
+
+func (s *Sim) liveCount() int {
+	c := 0
+	for _, n := range s.nodes {
+		if n.alive {
+			c++
+		}
+	}
+	return c
+}
+
+// MaxDegree returns the most links any node has held so far.
+func (s *Sim) MaxDegree() int { return s.degMax }
+
+// Nodes returns the number of nodes ever created.
+func (s *Sim) Nodes() int { return len(s.nodes) }
+
+func (s *Sim) meanDegree() float64 {
+	sum, c := 0, 0
+	for _, n := range s.nodes {
+		if n.alive {
+			sum += n.table.Len()
+			c++
+		}
+	}
+	return float64(sum) / float64(max(c, 1))
+}
+
+// advertise pushes n's link set to its neighbours, as a link-state update
+// message does in the appliance.
+func (s *Sim) advertise(n *node) {
+	links := n.table.Links()
+	for _, p := range links {
+		if m := s.byID[p]; m.alive {
+			m.table.SetPeerLinks(n.id, links)
+		}
+	}
+}
+
+func (s *Sim) unlink(a *node, id routing.ID) {
+	a.table.Remove(id)
+	if b := s.byID[id]; b != nil && b.alive {
+		b.table.Remove(a.id)
+		s.advertise(b)
+	}
+}
+
+// tryLink is a link request from a to c, answered by c's own table.
+func (s *Sim) tryLink(a, c *node) bool {
+	if a == c || !c.alive || !a.table.Wants(c.id) {
+		return false
+	}
+	if !c.table.Accepts(a.id) {
+		return false
+	}
+	if a.table.Len() >= s.cfg.Table.Degree {
+		v, ok := a.table.Evict(c.id)
+		if !ok {
+			return false
+		}
+		s.unlink(a, v)
+	}
+	if c.table.Len() >= s.cfg.Table.Degree {
+		v, ok := c.table.Evict(a.id)
+		if !ok {
+			return false
+		}
+		s.unlink(c, v)
+	}
+	if err := a.table.Add(c.id); err != nil {
+		panic(err)
+	}
+	if err := c.table.Add(a.id); err != nil {
+		panic(err)
+	}
+	s.degMax = max(s.degMax, a.table.Len(), c.table.Len())
+	a.table.SetPeerLinks(c.id, c.table.Links())
+	c.table.SetPeerLinks(a.id, a.table.Links())
+	s.advertise(a)
+	s.advertise(c)
+	return true
+}
+
+// route forwards a message for key hop by hop from src with the real
+// next-hop choice. A forward to a dead neighbour times out: the sender
+// drops the link, tells its neighbours, and chooses again.
+func (s *Sim) route(src *node, key routing.ID) (root *node, hops, timeouts int) {
+	cur := src
+	for hops < s.cfg.MaxHops {
+		next, ok := cur.table.NextHop(key, nil)
+		if !ok {
+			return cur, hops, timeouts
+		}
+		m := s.byID[next]
+		if !m.alive {
+			timeouts++
+			cur.table.Remove(next)
+			s.advertise(cur)
+			continue
+		}
+		cur = m
+		hops++
+	}
+	return nil, hops, timeouts
+}
+
+// Join adds a node through a random live bootstrap node: it routes to its
+// own ID to find its closest nodes, links the ones its table wants, then
+// fills the gaps.
+func (s *Sim) Join() *node {
+	n := &node{id: s.newID(), table: routing.NewTable(routing.ID{}, s.cfg.Table), alive: true}
+	n.table = routing.NewTable(n.id, s.cfg.Table)
+	var boot *node
+	if s.liveCount() > 0 {
+		boot = s.randomLive()
+	}
+	s.nodes = append(s.nodes, n)
+	s.byID[n.id] = n
+	s.liveOK = false
+	if boot == nil {
+		return n
+	}
+	root, _, _ := s.route(boot, n.id)
+	if root == nil {
+		root = boot
+	}
+	s.tryLink(n, root)
+	for _, c := range root.table.Closest(n.id, 2*s.cfg.Table.Close, nil) {
+		s.tryLink(n, s.byID[c])
+	}
+	s.Maintain(n)
+	return n
+}
+
+// Maintain is one round of a node's table maintenance: link what the
+// neighbours advertised when it fills a gap or the close set (no lookup
+// needed), then look up a random ID in each remaining gap.
+func (s *Sim) Maintain(n *node) {
+	if !n.alive {
+		return
+	}
+	for _, p := range n.table.Links() {
+		for _, z := range n.table.PeerLinks(p) {
+			if n.table.Wants(z) {
+				if m := s.byID[z]; m != nil && m.alive {
+					s.tryLink(n, m)
+				}
+			}
+		}
+	}
+	for _, b := range n.table.Gaps() {
+		key := routing.RandomInBucket(n.id, b, s.rnd)
+		root, _, _ := s.route(n, key)
+		if root == nil || root == n {
+			continue
+		}
+		for _, c := range root.table.Closest(key, 4, nil) {
+			if routing.CommonPrefixLen(n.id, c) == b && s.tryLink(n, s.byID[c]) {
+				break
+			}
+		}
+	}
+}
+
+// MaintainAll runs one maintenance round on every live node in random
+// order.
+func (s *Sim) MaintainAll() {
+	order := s.rnd.Perm(len(s.nodes))
+	for _, i := range order {
+		s.Maintain(s.nodes[i])
+	}
+}
+
+// FailRandom fails a fraction of the live nodes at once; nobody is told.
+func (s *Sim) FailRandom(frac float64) {
+	target := int(math.Round(frac * float64(s.liveCount())))
+	for k := 0; k < target; {
+		n := s.randomLive()
+		n.alive = false
+		k++
+	}
+	s.liveOK = false
+}
+
+// DetectAll lets every live node notice its dead links (keepalives time
+// out) and tell its neighbours.
+func (s *Sim) DetectAll() {
+	for _, n := range s.nodes {
+		if !n.alive {
+			continue
+		}
+		changed := false
+		for _, p := range n.table.Links() {
+			if !s.byID[p].alive {
+				n.table.Remove(p)
+				changed = true
+			}
+		}
+		if changed {
+			s.advertise(n)
+		}
+	}
+}
+
+func (s *Sim) rebuildLive() {
+	if s.liveOK {
+		return
+	}
+	s.live = s.live[:0]
+	for _, n := range s.nodes {
+		if n.alive {
+			s.live = append(s.live, n.id)
+		}
+	}
+	slices.SortFunc(s.live, func(a, b routing.ID) int { return cmp.Compare(string(a[:]), string(b[:])) })
+	s.liveOK = true
+}
+
+// trueRoot returns the live node closest to key, by descending the sorted
+// ID list bit by bit: the nodes sharing the longest prefix with the key.
+func (s *Sim) trueRoot(key routing.ID) routing.ID {
+	s.rebuildLive()
+	lo, hi := 0, len(s.live)
+	for b := 0; b < routing.IDBits && hi-lo > 1; b++ {
+		mid := lo + sortSearch(hi-lo, func(i int) bool { return bitAt(&s.live[lo+i], b) == 1 })
+		if bitAt(&key, b) == 0 {
+			if mid > lo {
+				hi = mid
+			} else {
+				lo = mid
+			}
+		} else {
+			if mid < hi {
+				lo = mid
+			} else {
+				hi = mid
+			}
+		}
+	}
+	return s.live[lo]
+}
+
+func sortSearch(n int, f func(int) bool) int {
+	i, j := 0, n
+	for i < j {
+		h := int(uint(i+j) >> 1)
+		if !f(h) {
+			i = h + 1
+		} else {
+			j = h
+		}
+	}
+	return i
+}
+
+func bitAt(id *routing.ID, i int) byte { return (id[i/8] >> (7 - uint(i%8))) & 1 }
+
+// MeasureLookups routes count lookups for random keys from random live
+// nodes and checks each against the key's true root.
+func (s *Sim) MeasureLookups(count int) Lookups {
+	var res Lookups
+	hops := make([]int, 0, count)
+	timeouts := 0
+	for i := 0; i < count; i++ {
+		h, t, ok := s.lookup()
+		res.Count++
+		timeouts += t
+		if ok {
+			res.Success++
+			hops = append(hops, h)
+		}
+	}
+	res.Timeouts = float64(timeouts) / float64(max(count, 1))
+	summarise(&res, hops)
+	return res
+}
+
+func (s *Sim) lookup() (hops, timeouts int, ok bool) {
+	src := s.randomLive()
+	key := s.newID()
+	root, h, t := s.route(src, key)
+	return h, t, root != nil && root.id == s.trueRoot(key)
+}
+
+func summarise(res *Lookups, hops []int) {
+	if len(hops) == 0 {
+		return
+	}
+	slices.Sort(hops)
+	sum := 0
+	for _, h := range hops {
+		sum += h
+	}
+	res.HopsMean = float64(sum) / float64(len(hops))
+	res.HopsP99 = hops[min(len(hops)-1, int(math.Ceil(0.99*float64(len(hops))))-1)]
+	res.HopsMax = hops[len(hops)-1]
+}
+
+// Events of the churn phase.
+type eventKind int
+
+const (
+	evJoin eventKind = iota
+	evLeave
+	evDetect
+	evMaintain
+	evLookup
+)
+
+type event struct {
+	at   time.Duration
+	kind eventKind
+	n    *node
+	peer routing.ID
+	seq  uint64
+}
+
+type eventQueue []event
+
+func (q eventQueue) Len() int { return len(q) }
+func (q eventQueue) Less(i, j int) bool {
+	if q[i].at != q[j].at {
+		return q[i].at < q[j].at
+	}
+	return q[i].seq < q[j].seq
+}
+func (q eventQueue) Swap(i, j int) { q[i], q[j] = q[j], q[i] }
+func (q *eventQueue) Push(x any)   { *q = append(*q, x.(event)) }
+func (q *eventQueue) Pop() any {
+	old := *q
+	e := old[len(old)-1]
+	*q = old[:len(old)-1]
+	return e
+}
+
+func (s *Sim) schedule(e event) {
+	e.seq = uint64(len(s.events)) + uint64(s.now) + s.rnd.Uint64()>>40
+	heap.Push(&s.events, e)
+}
+
+func (s *Sim) exp(mean time.Duration) time.Duration {
+	return time.Duration(s.rnd.ExpFloat64() * float64(mean))
+}
+
+// RunChurn runs the overlay for d of simulated time: nodes fail after an
+// exponential session and as many join as fail, so the size stays near N;
+// neighbours notice a failure after the keepalive timeout; every node
+// maintains its table periodically; lookups are spread over the span.
+func (s *Sim) RunChurn(d time.Duration, lookups int) (res Lookups, joins, leaves int) {
+	live := s.liveCount()
+	// Failures arrive as a Poisson process of rate live/SessionMean; each
+	// is matched by a join.
+	rate := float64(live) / float64(s.cfg.SessionMean)
+	for t := time.Duration(0); ; {
+		t += time.Duration(s.rnd.ExpFloat64() / rate)
+		if t >= d {
+			break
+		}
+		s.schedule(event{at: s.now + t, kind: evLeave})
+		s.schedule(event{at: s.now + t + s.exp(time.Second), kind: evJoin})
+	}
+	for _, n := range s.nodes {
+		if n.alive {
+			s.schedule(event{at: s.now + time.Duration(s.rnd.Int64N(int64(s.cfg.MaintainEvery))), kind: evMaintain, n: n})
+		}
+	}
+	for i := 0; i < lookups; i++ {
+		s.schedule(event{at: s.now + time.Duration(s.rnd.Int64N(int64(d))), kind: evLookup})
+	}
+	end := s.now + d
+	hops := make([]int, 0, lookups)
+	timeouts := 0
+	for s.events.Len() > 0 {
+		e := heap.Pop(&s.events).(event)
+		if e.at > end {
+			break
+		}
+		s.now = e.at
+		switch e.kind {
+		case evLeave:
+			n := s.randomLive()
+			n.alive = false
+			s.liveOK = false
+			leaves++
+			for _, p := range n.table.Links() {
+				s.schedule(event{at: s.now + s.cfg.Keepalive, kind: evDetect, n: s.byID[p], peer: n.id})
+			}
+		case evJoin:
+			n := s.Join()
+			joins++
+			s.schedule(event{at: s.now + s.cfg.MaintainEvery, kind: evMaintain, n: n})
+		case evDetect:
+			if e.n.alive && e.n.table.Remove(e.peer) {
+				s.advertise(e.n)
+			}
+		case evMaintain:
+			if e.n.alive {
+				s.Maintain(e.n)
+				s.schedule(event{at: s.now + s.cfg.MaintainEvery, kind: evMaintain, n: e.n})
+			}
+		case evLookup:
+			h, t, ok := s.lookup()
+			res.Count++
+			timeouts += t
+			if ok {
+				res.Success++
+				hops = append(hops, h)
+			}
+		}
+	}
+	s.events = s.events[:0]
+	res.Timeouts = float64(timeouts) / float64(max(res.Count, 1))
+	summarise(&res, hops)
+	return res, joins, leaves
+}
