@@ -1,0 +1,100 @@
+package sip
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+)
+
+// TestCallWithinSite registers bob and has alice call him through one
+// superpeer: the call is answered, the BYE follows the Record-Route back
+// through the proxy, and unknown or unregistered users get 404 and 480.
+func TestCallWithinSite(t *testing.T) {
+	for _, network := range []string{"udp", "tcp"} {
+		t.Run(network, func(t *testing.T) {
+			s := testServer(t, "sp1", "site.test", nil, Deps{}, nil)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			bob := newPhone(t, "bob", s.addr(network), network)
+			alice := newPhone(t, "alice", s.addr(network), network)
+
+			res, err := bob.register(ctx, "sip:bob@site.test", 600, nil)
+			if err != nil || res.StatusCode != 200 {
+				t.Fatalf("REGISTER: %v %v", res, err)
+			}
+			if c := res.Contact(); c == nil || !strings.Contains(res.String(), "expires=600") {
+				t.Errorf("200 to REGISTER does not list the binding with its expiry:\n%s", res)
+			}
+
+			sess, err := alice.call(ctx, "sip:bob@site.test")
+			if err != nil {
+				t.Fatalf("call to bob: %v", err)
+			}
+			if got := bob.invites.Load(); got != 1 {
+				t.Errorf("bob saw %d INVITEs, want 1", got)
+			}
+			rr := sess.InviteResponse.GetHeaders("Record-Route")
+			if len(rr) == 0 {
+				t.Fatalf("200 OK has no Record-Route: the proxy would drop out of the dialog")
+			}
+			if err := sess.Bye(ctx); err != nil {
+				t.Fatalf("BYE: %v", err)
+			}
+			if got := bob.byes.Load(); got != 1 {
+				t.Errorf("bob saw %d BYEs, want 1", got)
+			}
+			if s.Status().Proxy.Forwarded < 2 {
+				t.Errorf("the proxy forwarded %d requests, want INVITE and BYE through it", s.Status().Proxy.Forwarded)
+			}
+
+			_, err = alice.call(ctx, "sip:nobody@site.test")
+			if code := statusOf(err); code != 404 {
+				t.Errorf("call to an unknown user: %v, want 404", err)
+			}
+			res, err = bob.register(ctx, "sip:bob@site.test", 0, nil)
+			if err != nil || res.StatusCode != 200 {
+				t.Fatalf("unREGISTER: %v %v", res, err)
+			}
+			_, err = alice.call(ctx, "sip:bob@site.test")
+			if code := statusOf(err); code != 480 {
+				t.Errorf("call to an unregistered user: %v, want 480", err)
+			}
+		})
+	}
+}
+
+// TestMessageAndOptions carries a MESSAGE to a registered phone and
+// answers OPTIONS addressed to the proxy itself.
+func TestMessageAndOptions(t *testing.T) {
+	s := testServer(t, "sp1", "site.test", nil, Deps{}, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	bob := newPhone(t, "bob", s.addr("udp"), "udp")
+	alice := newPhone(t, "alice", s.addr("udp"), "udp")
+	if res, err := bob.register(ctx, "sip:bob@site.test", 600, nil); err != nil || res.StatusCode != 200 {
+		t.Fatalf("REGISTER: %v %v", res, err)
+	}
+	req := sip.NewRequest(sip.MESSAGE, sip.Uri{Scheme: "sip", User: "bob", Host: "site.test"})
+	req.AppendHeader(sip.NewHeader("Content-Type", "text/plain"))
+	req.SetBody([]byte("hello bob"))
+	res, err := alice.do(ctx, req)
+	if err != nil || res.StatusCode != 200 {
+		t.Fatalf("MESSAGE: %v %v", res, err)
+	}
+	select {
+	case m := <-bob.messages:
+		if string(m.Body()) != "hello bob" {
+			t.Errorf("bob got %q", m.Body())
+		}
+	case <-ctx.Done():
+		t.Fatal("bob never got the MESSAGE")
+	}
+	opt := sip.NewRequest(sip.OPTIONS, sip.Uri{Scheme: "sip", Host: s.addr("udp").Addr().String(), Port: int(s.addr("udp").Port())})
+	res, err = alice.do(ctx, opt)
+	if err != nil || res.StatusCode != 200 {
+		t.Fatalf("OPTIONS to the proxy: %v %v", res, err)
+	}
+}
