@@ -148,7 +148,7 @@ func (c *carrierConn) Close() error {
 	return nil
 }
 
-func (c *carrierConn) LocalAddr() net.Addr               { return net.UDPAddrFromAddrPort(c.self) }
+func (c *carrierConn) LocalAddr() net.Addr              { return net.UDPAddrFromAddrPort(c.self) }
 func (c *carrierConn) SetDeadline(time.Time) error      { return nil }
 func (c *carrierConn) SetReadDeadline(time.Time) error  { return nil }
 func (c *carrierConn) SetWriteDeadline(time.Time) error { return nil }
@@ -157,7 +157,7 @@ func (c *carrierConn) SetWriteDeadline(time.Time) error { return nil }
 // and a Carrier per member. Tests use it to run several sites in one
 // process; Down makes a member unreachable, as a site whose power failed.
 type MemOverlay struct {
-	mu      sync.Mutex // guards following
+	mu      sync.Mutex                      // guards following
 	records map[string]map[string]time.Time // aor -> superpeer -> expiry
 	inboxes map[string]chan memPacket
 	down    map[string]bool

@@ -81,7 +81,7 @@ type phone struct {
 	dcc     *sipgo.DialogClientCache
 	dsc     *sipgo.DialogServerCache
 
-	answerSDP []byte
+	answerSDP  []byte
 	rejectCode int
 	invites    atomic.Int32
 	byes       atomic.Int32

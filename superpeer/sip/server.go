@@ -138,7 +138,9 @@ func (f levelFilter) Enabled(ctx context.Context, l slog.Level) bool {
 func (f levelFilter) WithAttrs(a []slog.Attr) slog.Handler {
 	return levelFilter{f.Handler.WithAttrs(a), f.min}
 }
-func (f levelFilter) WithGroup(n string) slog.Handler { return levelFilter{f.Handler.WithGroup(n), f.min} }
+func (f levelFilter) WithGroup(n string) slog.Handler {
+	return levelFilter{f.Handler.WithGroup(n), f.min}
+}
 
 var errNoDial = errors.New("sip: the proxy never dials: streams exist only as registered flows")
 

@@ -204,7 +204,7 @@ func checkMessage(b []byte, datagram bool) verdict {
 		lastID   = -1
 		valOff   int // offsets of the current header's value
 		valEnd   int
-		lastCopy = -1 // copyIdx entry of the current header, if copied
+		lastCopy = -1      // copyIdx entry of the current header, if copied
 		copyIdx  [8][2]int // start,end offsets of lines to copy
 		nCopy    int
 		bodyOff  = -1
