@@ -109,10 +109,16 @@ func (c *conn) read() {
 // withdraws it.
 func (c *conn) expect(tid [stun.TransactionIDSize]byte) (<-chan received, func()) {
 	ch := make(chan received, 1)
+	return ch, c.expectOn(tid, ch)
+}
+
+// expectOn delivers the message of transaction tid to ch (without
+// blocking: ch needs room); the returned function withdraws it.
+func (c *conn) expectOn(tid [stun.TransactionIDSize]byte, ch chan received) func() {
 	c.mu.Lock()
 	c.waiters[tid] = ch
 	c.mu.Unlock()
-	return ch, func() {
+	return func() {
 		c.mu.Lock()
 		delete(c.waiters, tid)
 		c.mu.Unlock()
