@@ -271,3 +271,5 @@ func TestMain(m *testing.M) {
 	sip.SetDefaultLogger(testLogger())
 	os.Exit(m.Run())
 }
+
+func sipHeader(name, value string) sip.Header { return sip.NewHeader(name, value) }
