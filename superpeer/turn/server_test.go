@@ -1,0 +1,438 @@
+package turn
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pion/stun/v4"
+
+	"github.com/superpeer/superpeer/nat/clock"
+)
+
+var testSecret = []byte("site secret for tests")
+
+// startLoopback starts a server on 127.0.0.1 (and ::1 when v6 is true)
+// with the host network, UDP and TCP, two UDP listeners sharing the port.
+func startLoopback(t *testing.T, clk clock.Clock, v6 bool, edit func(*Config)) *Server {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.Listen = []netip.Addr{netip.MustParseAddr("127.0.0.1")}
+	if v6 {
+		cfg.Listen = append(cfg.Listen, netip.IPv6Loopback())
+	}
+	cfg.Port = 0
+	cfg.UDPListeners = 2
+	cfg.Secret = func() []byte { return testSecret }
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	if edit != nil {
+		edit(&cfg)
+	}
+	s, err := New(cfg, nil, clk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("closing the server: %v", err)
+		}
+	})
+	return s
+}
+
+// client connects a raw client to the server's first listener of the
+// family and transport asked for, with fresh credentials for user.
+func client(t *testing.T, s *Server, network, user string) *rawClient {
+	t.Helper()
+	creds, err := s.Credentials(user, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return clientWith(t, s, network, creds.Username, creds.Password)
+}
+
+func clientWith(t *testing.T, s *Server, network, username, password string) *rawClient {
+	t.Helper()
+	addrs := s.UDPAddrs()
+	if strings.HasPrefix(network, "tcp") {
+		addrs = s.TCPAddrs()
+	}
+	for _, a := range addrs {
+		if a.Addr().Is6() != strings.HasSuffix(network, "6") {
+			continue
+		}
+		c, err := net.Dial(network, a.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return newRawClient(t, c, username, password)
+	}
+	t.Fatalf("the server has no %s listener: udp %v tcp %v", network, s.UDPAddrs(), s.TCPAddrs())
+	return nil
+}
+
+// hostAddr returns a non-loopback IPv4 address of this host, the
+// superpeer's "own LAN address" in a loopback test.
+func hostAddr(t *testing.T) netip.Addr {
+	as, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range as {
+		if n, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok && ip.Unmap().Is4() && !ip.IsLoopback() {
+				return ip.Unmap()
+			}
+		}
+	}
+	return netip.Addr{}
+}
+
+func hasIPv6Loopback() bool {
+	c, err := net.ListenPacket("udp6", "[::1]:0")
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+var attackList = []string{
+	"0.0.0.0", "::", "127.0.0.1", "::1", "::ffff:127.0.0.1", "::127.0.0.1", "2002:7f00:1::1",
+	"64:ff9b::7f00:1", "10.0.0.1", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1",
+	"224.0.0.1", "255.255.255.255", "240.0.0.1", "fc00::1", "fe80::1",
+}
+
+// TestAttackListRefused sends CreatePermission, ChannelBind and (on a TCP
+// allocation) Connect for every address of the attack list and the
+// superpeer's own address, over UDP, TCP and IPv6, and expects 403 for
+// each; an allowed peer in the same session gets through, so the 403s
+// are the policy's and not a broken session's.
+func TestAttackListRefused(t *testing.T) {
+	own := hostAddr(t)
+	allowed := netip.MustParseAddrPort("203.0.113.5:4000")
+	v6 := hasIPv6Loopback()
+	s := startLoopback(t, nil, v6, func(c *Config) {
+		c.AllowPeers = []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24"), netip.MustParsePrefix("127.0.0.2/32")}
+		if own.IsValid() {
+			// Even with the superpeer's whole subnet allowed, the superpeer
+			// itself stays out of reach.
+			c.AllowPeers = append(c.AllowPeers, netip.PrefixFrom(own, 24).Masked())
+		}
+	})
+	targets := append([]string(nil), attackList...)
+	if own.IsValid() {
+		targets = append(targets, own.String())
+	} else {
+		t.Log("this host has no non-loopback IPv4 address: the own-address row is left out")
+	}
+
+	// A TCP peer that a Connect may reach: 127.0.0.2 is on loopback but is
+	// not an address of an interface, and it is allowed by /32.
+	peerLn, err := net.Listen("tcp4", "127.0.0.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peerLn.Close()
+	go func() {
+		for {
+			c, err := peerLn.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	tcpPeer := addrPortOf(peerLn.Addr())
+
+	type session struct {
+		network   string
+		transport byte
+		methods   []stun.Method
+		control   netip.AddrPort
+	}
+	sessions := []session{
+		{"udp4", 17, []stun.Method{stun.MethodCreatePermission, stun.MethodChannelBind}, allowed},
+		{"tcp4", 17, []stun.Method{stun.MethodCreatePermission, stun.MethodChannelBind}, allowed},
+		{"tcp4", 6, []stun.Method{stun.MethodConnect}, tcpPeer},
+	}
+	if v6 {
+		sessions = append(sessions, session{"udp6", 17, []stun.Method{stun.MethodCreatePermission, stun.MethodChannelBind}, netip.AddrPort{}})
+	}
+	refused := 0
+	for _, se := range sessions {
+		name := se.network + "/" + map[byte]string{17: "udp-relay", 6: "tcp-relay"}[se.transport]
+		t.Run(name, func(t *testing.T) {
+			c := client(t, s, se.network, "mallory")
+			if _, code := c.allocate(se.transport, 0); code != 0 {
+				t.Fatalf("allocation refused with %d", code)
+			}
+			for _, m := range se.methods {
+				for _, target := range targets {
+					peer := netip.AddrPortFrom(netip.MustParseAddr(target), 3480)
+					if code := c.peerRequest(m, peer); code != stun.CodeForbidden {
+						t.Errorf("%v to %v: got %d, want 403", m, target, code)
+					} else {
+						refused++
+					}
+				}
+				if se.control.IsValid() {
+					if code := c.peerRequest(m, se.control); code != 0 {
+						t.Errorf("%v to the allowed peer %v: got %d, want success", m, se.control, code)
+					}
+				}
+			}
+		})
+	}
+	st := s.Status()
+	if got := st.Refusals[ReasonForbiddenPeer] + st.Refusals[ReasonOwnAddress]; got != uint64(refused) {
+		t.Errorf("refusals counted %d forbidden + %d own, want %d in all", st.Refusals[ReasonForbiddenPeer], st.Refusals[ReasonOwnAddress], refused)
+	}
+	if own.IsValid() && st.Refusals[ReasonOwnAddress] == 0 {
+		t.Errorf("the superpeer's own address %v was not refused as such", own)
+	}
+}
+
+// TestTCPAllocationOverUDPRefused: RFC 6062 allocations need a TCP
+// control connection.
+func TestTCPAllocationOverUDPRefused(t *testing.T) {
+	s := startLoopback(t, nil, false, nil)
+	c := client(t, s, "udp4", "alice")
+	if _, code := c.allocate(6, 0); code != stun.CodeBadRequest {
+		t.Fatalf("TCP allocation over UDP: got %d, want 400", code)
+	}
+	if n := s.Status().Refusals[ReasonTCPOverUDP]; n != 1 {
+		t.Fatalf("tcp_over_udp refusals: %d, want 1", n)
+	}
+}
+
+// TestQuotas: the per-user quota refuses a user's allocation beyond it,
+// the total quota anyone's, both with 486, and a freed slot can be used
+// again.
+func TestQuotas(t *testing.T) {
+	s := startLoopback(t, nil, false, func(c *Config) {
+		c.UserQuota = 2
+		c.TotalQuota = 3
+	})
+	alice := []*rawClient{client(t, s, "udp4", "alice"), client(t, s, "udp4", "alice"), client(t, s, "udp4", "alice")}
+	for i, c := range alice[:2] {
+		if _, code := c.allocate(17, 0); code != 0 {
+			t.Fatalf("alice's allocation %d: %d", i+1, code)
+		}
+	}
+	if _, code := alice[2].allocate(17, 0); code != stun.CodeAllocQuotaReached {
+		t.Fatalf("alice's third allocation with a user quota of 2: got %d, want 486", code)
+	}
+	bob := []*rawClient{client(t, s, "tcp4", "bob"), client(t, s, "udp4", "bob")}
+	if _, code := bob[0].allocate(17, 0); code != 0 {
+		t.Fatalf("bob's first allocation: %d", code)
+	}
+	if _, code := bob[1].allocate(17, 0); code != stun.CodeAllocQuotaReached {
+		t.Fatalf("a fourth allocation with a total quota of 3: got %d, want 486", code)
+	}
+	st := s.Status()
+	if st.Allocations != 3 || st.Refusals[ReasonUserQuota] != 1 || st.Refusals[ReasonTotalQuota] != 1 {
+		t.Fatalf("status: %d allocations, %d user-quota and %d total-quota refusals; want 3, 1, 1",
+			st.Allocations, st.Refusals[ReasonUserQuota], st.Refusals[ReasonTotalQuota])
+	}
+	// Alice deletes one (Refresh with lifetime 0): her third now fits.
+	resp, err := alice[0].do(stun.MethodRefresh, rawAttr(stun.AttrLifetime, []byte{0, 0, 0, 0}))
+	if err != nil || errorCodeOf(resp) != 0 {
+		t.Fatalf("deleting an allocation: %v %v", err, resp)
+	}
+	if _, code := alice[2].allocate(17, 0); code != 0 {
+		t.Fatalf("alice's allocation after freeing a slot: got %d", code)
+	}
+}
+
+// TestCredentialsRefused: an expired credential, one that outlives the
+// lifetime cap, a wrong password and a malformed username all get 401;
+// the same credential works until it expires (fake clock).
+func TestCredentialsRefused(t *testing.T) {
+	clk := clock.NewFake(time.Now())
+	s := startLoopback(t, clk, false, func(c *Config) { c.MaxCredentialLifetime = time.Hour })
+
+	good, err := s.Credentials("alice", 10*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, code := clientWith(t, s, "udp4", good.Username, good.Password).allocate(17, 0); code != 0 {
+		t.Fatalf("fresh credential: %d", code)
+	}
+	clk.Advance(11 * time.Minute)
+	if _, code := clientWith(t, s, "udp4", good.Username, good.Password).allocate(17, 0); code != stun.CodeUnauthorized {
+		t.Fatalf("expired credential: got %d, want 401", code)
+	}
+
+	long, long2, err := MintCredentials(testSecret, "alice", clk.Now().Add(48*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh, err := s.Credentials("alice", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct{ name, user, pass, reason string }{
+		{"outlives the cap", long, long2, ReasonCredentialLifetime},
+		{"wrong password", fresh.Username, "not the password", ReasonBadPassword},
+		{"malformed", "alice", fresh.Password, ReasonCredentialMalformed},
+	}
+	for _, tc := range cases {
+		before := s.Status().Refusals[tc.reason]
+		if _, code := clientWith(t, s, "udp4", tc.user, tc.pass).allocate(17, 0); code != stun.CodeUnauthorized {
+			t.Errorf("%s: got %d, want 401", tc.name, code)
+		}
+		if after := s.Status().Refusals[tc.reason]; after != before+1 {
+			t.Errorf("%s: %s refusals went from %d to %d, want one more", tc.name, tc.reason, before, after)
+		}
+	}
+	if n := s.Status().Refusals[ReasonCredentialExpired]; n != 1 {
+		t.Errorf("credential_expired refusals: %d, want 1", n)
+	}
+}
+
+// TestUnauthorizedRateLimit: one source gets UnauthorizedBurst 401
+// answers, then silence, then UnauthorizedRate more a second (fake
+// clock); another source is not affected.
+func TestUnauthorizedRateLimit(t *testing.T) {
+	clk := clock.NewFake(time.Now())
+	s := startLoopback(t, clk, false, func(c *Config) {
+		c.UnauthorizedRate = 2
+		c.UnauthorizedBurst = 5
+	})
+	addr := s.UDPAddrs()[0]
+	conn, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+
+	// answers sends n unauthenticated Allocates and counts the 401s.
+	answers := func(c *net.UDPConn, n int) int {
+		var ids [][stun.TransactionIDSize]byte
+		for range n {
+			m := stun.MustBuild(stun.TransactionID, stun.NewType(stun.MethodAllocate, stun.ClassRequest),
+				rawAttr(stun.AttrRequestedTransport, []byte{17, 0, 0, 0}))
+			ids = append(ids, m.TransactionID)
+			if _, err := c.Write(m.Raw); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Then one request whose answer marks the end: a Binding, which
+		// is not rate-limited.
+		end := stun.MustBuild(stun.TransactionID, stun.BindingRequest)
+		if _, err := c.Write(end.Raw); err != nil {
+			t.Fatal(err)
+		}
+		got := 0
+		c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		buf := make([]byte, 1500)
+		for {
+			k, err := c.Read(buf)
+			if err != nil {
+				t.Fatalf("waiting for the answers: %v (got %d 401s)", err, got)
+			}
+			m := &stun.Message{Raw: append([]byte(nil), buf[:k]...)}
+			if m.Decode() != nil {
+				continue
+			}
+			if m.TransactionID == end.TransactionID {
+				return got
+			}
+			if errorCodeOf(m) == stun.CodeUnauthorized {
+				got++
+			}
+		}
+	}
+	if got := answers(conn, 12); got != 5 {
+		t.Fatalf("12 unauthenticated requests at once: %d answers, want the burst of 5", got)
+	}
+	clk.Advance(time.Second)
+	if got := answers(conn, 12); got != 2 {
+		t.Fatalf("a second later: %d answers, want the rate of 2", got)
+	}
+	other, err := net.DialUDP("udp4", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.3:0")), net.UDPAddrFromAddrPort(addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if got := answers(other, 3); got != 3 {
+		t.Fatalf("another source: %d answers, want all 3", got)
+	}
+	if n := s.Status().Refusals[ReasonUnauthorizedRateLimited]; n != 17 {
+		t.Fatalf("unauthorized_rate_limited: %d, want 17", n)
+	}
+}
+
+// TestRelayAndMetrics relays between a client and a peer on loopback (an
+// exact /32 allowed) and reads the traffic back from Status and Metrics.
+func TestRelayAndMetrics(t *testing.T) {
+	peer, err := net.ListenPacket("udp4", "127.0.0.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	s := startLoopback(t, nil, false, func(c *Config) {
+		c.AllowPeers = []netip.Prefix{netip.MustParsePrefix("127.0.0.2/32")}
+	})
+	c := client(t, s, "udp4", "alice")
+	relayed, code := c.allocate(17, 0)
+	if code != 0 {
+		t.Fatalf("allocate: %d", code)
+	}
+	pa := addrPortOf(peer.LocalAddr())
+	if code := c.peerRequest(stun.MethodCreatePermission, pa); code != 0 {
+		t.Fatalf("CreatePermission: %d", code)
+	}
+	const n = 20
+	payload := bytes.Repeat([]byte{0xab}, 172)
+	buf := make([]byte, 1500)
+	for i := range n {
+		c.send(pa, payload)
+		peer.SetReadDeadline(time.Now().Add(3 * time.Second))
+		k, from, err := peer.ReadFrom(buf)
+		if err != nil {
+			t.Fatalf("packet %d never reached the peer: %v", i, err)
+		}
+		if k != len(payload) || addrPortOf(from) != relayed {
+			t.Fatalf("peer got %d bytes from %v, want %d from the relayed address %v", k, from, len(payload), relayed)
+		}
+		if _, err := peer.WriteTo(buf[:k], from); err != nil {
+			t.Fatal(err)
+		}
+		if src, data, err := c.receive(3 * time.Second); err != nil || src != pa || len(data) != len(payload) {
+			t.Fatalf("echo %d: from %v, %d bytes, %v", i, src, len(data), err)
+		}
+	}
+	st := s.Status()
+	want := Traffic{Packets: n, Bytes: n * 172}
+	if st.ToPeer != want || st.FromPeer != want || st.Allocations != 1 || st.Permissions != 1 {
+		t.Fatalf("status: %+v", st)
+	}
+	if len(st.Relays) != 1 || st.Relays[0].User != "alice" || st.Relays[0].Relayed != relayed.String() || st.Relays[0].Method != MethodLocal {
+		t.Fatalf("relays: %+v", st.Relays)
+	}
+	var out bytes.Buffer
+	s.Metrics().WritePrometheus(&out)
+	for _, line := range []string{
+		`superpeer_turn_relayed_packets_total{direction="to_peer"} 20`,
+		`superpeer_turn_relayed_bytes_total{direction="from_peer"} 3440`,
+		`superpeer_turn_allocations 1`,
+		`superpeer_turn_permissions 1`,
+		`superpeer_turn_refusals_total{reason="forbidden_peer"} 0`,
+	} {
+		if !strings.Contains(out.String(), line+"\n") {
+			t.Errorf("metrics lack %q:\n%s", line, out.String())
+		}
+	}
+}
