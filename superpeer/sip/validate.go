@@ -341,10 +341,9 @@ func finishSize(v verdict, b []byte, bodyOff, clen int, datagram bool) verdict {
 		return v
 	}
 	if clen < 0 {
-		// No usable Content-Length on a stream: the message ends at the
-		// header section, and the verdict (400) says why.
-		v.size = bodyOff
-		return v
+		// No usable Content-Length on a stream: the message cannot be
+		// framed (the verdict, 400, says why), and size 0 closes the stream.
+		return refuse(v, 400, "Missing Content-Length")
 	}
 	if bodyOff+clen <= len(b) {
 		v.size = bodyOff + clen
