@@ -29,7 +29,9 @@ type Verifier interface {
 type VerifierFunc func(ctx context.Context, external netip.AddrPort) error
 
 // Verify calls f.
-func (f VerifierFunc) Verify(ctx context.Context, external netip.AddrPort) error { return f(ctx, external) }
+func (f VerifierFunc) Verify(ctx context.Context, external netip.AddrPort) error {
+	return f(ctx, external)
+}
 
 // RFC 5780's attributes.
 const (
