@@ -287,7 +287,9 @@ func (n *Node) Status() Status {
 		}
 		st.Links = append(st.Links, ls)
 	}
-	slices.SortFunc(st.Links, func(a, b LinkStatus) int { return routing.CommonPrefixLen(n.id, b.Peer) - routing.CommonPrefixLen(n.id, a.Peer) })
+	slices.SortFunc(st.Links, func(a, b LinkStatus) int {
+		return routing.CommonPrefixLen(n.id, b.Peer) - routing.CommonPrefixLen(n.id, a.Peer)
+	})
 	st.Records = n.store.Len()
 	return st
 }
