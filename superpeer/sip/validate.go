@@ -161,19 +161,20 @@ func isDigits(b []byte) bool {
 
 func trimLWS(b []byte) []byte { return bytes.Trim(b, " \t\r\n") }
 
-// nextLine returns the line at the start of b without its line end, and
-// the length including the line end (CRLF, or a bare LF). ok is false when
-// b has no line end.
-func nextLine(b []byte) (line []byte, n int, ok bool) {
+// nextLine returns the line at the start of b without its CRLF, and the
+// length including the CRLF. ok is false when b has no line end yet; bare
+// is true for a line ended by a bare LF (the parser would not see a line
+// end there, so such a message is refused rather than read two ways).
+func nextLine(b []byte) (line []byte, n int, ok, bare bool) {
 	i := bytes.IndexByte(b, '\n')
 	if i < 0 {
-		return nil, 0, false
+		return nil, 0, false, false
 	}
 	line = b[:i]
-	if len(line) > 0 && line[len(line)-1] == '\r' {
-		line = line[:len(line)-1]
+	if len(line) == 0 || line[len(line)-1] != '\r' {
+		return line, i + 1, true, true
 	}
-	return line, i + 1, true
+	return line[:len(line)-1], i + 1, true, false
 }
 
 // checkMessage validates one message. datagram says the input is exactly
@@ -182,8 +183,8 @@ func nextLine(b []byte) (line []byte, n int, ok bool) {
 // code is 0 and the caller waits for more bytes, see frameStream).
 func checkMessage(b []byte, datagram bool) verdict {
 	var v verdict
-	start, n, ok := nextLine(b)
-	if !ok {
+	start, n, ok, bare := nextLine(b)
+	if !ok || bare {
 		return verdict{kind: kindGarbage, code: 400, reason: "No Line End"}
 	}
 	// Start line.
@@ -233,12 +234,15 @@ func checkMessage(b []byte, datagram bool) verdict {
 		}
 	}
 	for {
-		line, ln, ok := nextLine(b[off:])
+		line, ln, ok, bare := nextLine(b[off:])
 		if !ok {
 			if datagram {
 				return refuse(v, 400, "Truncated Header")
 			}
 			return verdict{kind: v.kind} // wait for more bytes
+		}
+		if bare {
+			return refuse(v, 400, "Bare LF")
 		}
 		lineStart := off
 		off += ln
