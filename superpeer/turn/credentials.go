@@ -2,7 +2,7 @@ package turn
 
 import (
 	"crypto/hmac"
-	"crypto/md5" //nolint:gosec // RFC 8489 section 9.2.2 defines the long-term key as MD5
+	"crypto/md5"  //nolint:gosec // RFC 8489 section 9.2.2 defines the long-term key as MD5
 	"crypto/sha1" //nolint:gosec // the TURN REST API draft defines the password as HMAC-SHA1
 	"encoding/base64"
 	"errors"

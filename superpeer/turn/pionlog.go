@@ -54,16 +54,18 @@ type pionLogger struct {
 	limit *logLimiter
 }
 
-func (p pionLogger) warn(msg string) {
+// warn logs msg() at Warn unless the limiter holds it back; msg is only
+// formatted when it is logged.
+func (p pionLogger) warn(msg func() string) {
 	ok, suppressed := p.limit.pass()
 	if !ok {
 		return
 	}
 	if suppressed > 0 {
-		p.log.Warn("turn: "+msg, "suppressed_before", suppressed)
+		p.log.Warn("turn: "+msg(), "suppressed_before", suppressed)
 		return
 	}
-	p.log.Warn("turn: " + msg)
+	p.log.Warn("turn: " + msg())
 }
 
 func (pionLogger) Trace(string)          {}
@@ -72,11 +74,11 @@ func (pionLogger) Debug(string)          {}
 func (pionLogger) Debugf(string, ...any) {}
 func (pionLogger) Info(string)           {}
 func (pionLogger) Infof(string, ...any)  {}
-func (p pionLogger) Warn(msg string)     { p.warn(msg) }
+func (p pionLogger) Warn(msg string)     { p.warn(func() string { return msg }) }
+func (p pionLogger) Error(msg string)    { p.warn(func() string { return msg }) }
 func (p pionLogger) Warnf(format string, args ...any) {
-	p.warn(fmt.Sprintf(format, args...))
+	p.warn(func() string { return fmt.Sprintf(format, args...) })
 }
-func (p pionLogger) Error(msg string) { p.warn(msg) }
 func (p pionLogger) Errorf(format string, args ...any) {
-	p.warn(fmt.Sprintf(format, args...))
+	p.warn(func() string { return fmt.Sprintf(format, args...) })
 }
