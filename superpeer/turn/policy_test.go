@@ -61,18 +61,18 @@ func TestPeerPolicy(t *testing.T) {
 	}{
 		{"1.1.1.1", ""},
 		{"2606:4700::1111", ""},
-		{"192.168.1.20", ""},                   // allowed LAN
-		{"::ffff:192.168.1.20", ""},            // same, mapped
-		{"2002:c0a8:114::1", ""},               // same, 6to4
-		{"203.0.113.9", ""},                    // allowed through a prefix written in mapped form
-		{"127.0.0.2", ""},                      // an exact allow
-		{"192.168.1.10", ReasonOwnAddress},     // the superpeer inside its allowed LAN
+		{"192.168.1.20", ""},               // allowed LAN
+		{"::ffff:192.168.1.20", ""},        // same, mapped
+		{"2002:c0a8:114::1", ""},           // same, 6to4
+		{"203.0.113.9", ""},                // allowed through a prefix written in mapped form
+		{"127.0.0.2", ""},                  // an exact allow
+		{"192.168.1.10", ReasonOwnAddress}, // the superpeer inside its allowed LAN
 		{"::ffff:192.168.1.10", ReasonOwnAddress},
 		{"64:ff9b::c0a8:10a", ReasonOwnAddress},
 		{"127.0.0.1", ReasonOwnAddress},
 		{"fd00::2", ReasonOwnAddress},
 		{"192.168.2.1", ReasonForbiddenPeer},
-		{"8.8.8.8", ReasonForbiddenPeer},     // denied by configuration
+		{"8.8.8.8", ReasonForbiddenPeer},         // denied by configuration
 		{"2002:808:808::1", ReasonForbiddenPeer}, // the same, in 6to4
 		{"10.1.2.3", ReasonForbiddenPeer},
 		{"100.127.255.254", ReasonForbiddenPeer},
