@@ -66,8 +66,8 @@ type FloodConfig struct {
 	Window time.Duration `json:"window"`
 	// Ban is how long a source that broke the limit is ignored.
 	Ban time.Duration `json:"ban"`
-	// Exempt sources are never limited (the site's other superpeers, a
-	// trusted PBX). Loopback is always exempt: it is the local agent.
+	// Exempt sources are never limited (loopback, the site's other
+	// superpeers, a trusted PBX).
 	Exempt []netip.Prefix `json:"exempt,omitempty"`
 	// MaxSources bounds the sources tracked at once (memory under a spoofed
 	// flood); the oldest unbanned entries are forgotten first.
@@ -157,6 +157,7 @@ func DefaultConfig() Config {
 			Requests:   16,
 			Window:     2 * time.Second,
 			Ban:        300 * time.Second,
+			Exempt:     []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")},
 			MaxSources: 65536,
 		},
 		UserAgent: "superpeer",

@@ -38,9 +38,6 @@ func newFloodGuard(cfg FloodConfig, c clock.Clock) *floodGuard {
 // exempt reports whether addr is never limited.
 func (g *floodGuard) exempt(addr netip.Addr) bool {
 	addr = addr.Unmap()
-	if addr.IsLoopback() {
-		return true
-	}
 	for _, p := range g.cfg.Exempt {
 		if p.Contains(addr) {
 			return true
