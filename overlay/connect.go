@@ -20,9 +20,15 @@ const probeEvery = 50 * time.Millisecond
 func (n *Node) Join(ctx context.Context) error {
 	var errs []error
 	var first *session
+	selfBoot := false
+	for _, b := range n.cfg.Bootstrap {
+		selfBoot = selfBoot || IDOf(b.Key) == n.id
+	}
 	for _, b := range n.cfg.Bootstrap {
 		id := IDOf(b.Key)
-		if id == n.id {
+		// Two bootstrap nodes would dial each other at once, each end
+		// a DTLS client: the lower ID dials.
+		if id == n.id || (selfBoot && routing.Closer(routing.ID{}, id, n.id)) {
 			continue
 		}
 		n.mu.Lock()
