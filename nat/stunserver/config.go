@@ -42,7 +42,8 @@ type Config struct {
 	// carries PADDING only when its request did, and never longer than the
 	// request's, so PADDING cannot make the server an amplifier (RFC 5780
 	// asks for MTU-sized padding; that would turn a 28-byte request into a
-	// 1500-byte response). 0 turns response padding off.
+	// 1500-byte response). 0 turns response padding off; at most 4096.
+	// Requests larger than 8 KiB are dropped.
 	MaxPadding int
 	// RatePerSource is how many responses per second one source IP address
 	// gets on average; requests beyond it are dropped silently. With a
@@ -80,10 +81,10 @@ func DefaultConfig() Config {
 // ErrConfig is wrapped by every error of Validate.
 var ErrConfig = errors.New("stunserver: invalid config")
 
-// maxPadding is the largest PADDING a response may carry: it keeps the
-// response inside one maximal UDP datagram with room for the other
-// attributes.
-const maxPadding = 60000
+// maxPadding is the largest MaxPadding: requests above readBuffer (8 KiB)
+// are dropped anyway, and a response this size is already fragmented on
+// every path.
+const maxPadding = 4096
 
 // Validate reports the first nonsense in c.
 func (c Config) Validate() error {

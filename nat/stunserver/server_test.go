@@ -373,7 +373,7 @@ func TestConfigValidate(t *testing.T) {
 		"mixed families":   func(c *Config) { c.Alternate = netip.MustParseAddr("2001:db8::1") },
 		"same ports":       func(c *Config) { c.AltPort = c.Port },
 		"negative padding": func(c *Config) { c.MaxPadding = -1 },
-		"huge padding":     func(c *Config) { c.MaxPadding = 70000 },
+		"huge padding":     func(c *Config) { c.MaxPadding = 5000 },
 		"zero rate":        func(c *Config) { c.RatePerSource = 0 },
 		"zero burst":       func(c *Config) { c.Burst = 0 },
 		"zero sources":     func(c *Config) { c.MaxSources = 0 },
