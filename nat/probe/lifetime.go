@@ -542,6 +542,9 @@ func (r *ladderRun) prime(ctx context.Context, target time.Duration) primeDone {
 // late arrival is credited with the idle time of the request that drew it.
 func (r *ladderRun) probe(ctx context.Context, s *xsock) probeDone {
 	got := make(chan received, 8)
+	// Y hears about a probe only from a server that refuses or ignores
+	// RESPONSE-PORT; without this every probe would read as a dead binding.
+	misrouted := make(chan received, 8)
 	var (
 		sent     []time.Time
 		tids     [][stun.TransactionIDSize]byte
@@ -557,7 +560,7 @@ func (r *ladderRun) probe(ctx context.Context, s *xsock) probeDone {
 		if err != nil {
 			return err
 		}
-		withdraw = append(withdraw, s.c.expectOn(req.TransactionID, got))
+		withdraw = append(withdraw, s.c.expectOn(req.TransactionID, got), r.y.expectOn(req.TransactionID, misrouted))
 		tids = append(tids, req.TransactionID)
 		sent = append(sent, r.e.clk.Now())
 		return r.y.send(r.e.server, req.Raw)
@@ -575,6 +578,13 @@ func (r *ladderRun) probe(ctx context.Context, s *xsock) probeDone {
 		case m := <-got:
 			i := slices.Index(tids, m.msg.TransactionID)
 			return probeDone{s: s, idle: sent[i].Sub(s.idleFrom), alive: true}
+		case m := <-misrouted:
+			if m.msg.Type.Class == stun.ClassErrorResponse {
+				var ec stun.ErrorCodeAttribute
+				ec.GetFrom(m.msg)
+				return probeDone{s: s, err: fmt.Errorf("the server refuses RESPONSE-PORT: %v", ec)}
+			}
+			return probeDone{s: s, err: errors.New("the server ignores RESPONSE-PORT: the probe's answer came back to its sender")}
 		case <-resend.C():
 			if len(sent) < cap(got) {
 				if err := send(); err != nil {

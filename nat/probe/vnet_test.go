@@ -6,11 +6,13 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
 
 	"github.com/pion/logging"
+	"github.com/pion/stun/v4"
 	"github.com/pion/transport/v5/vnet"
 
 	"github.com/superpeer/superpeer/nat/stunserver"
@@ -27,6 +29,7 @@ var (
 // behind a vnet NAT (or, with a nil NAT type, a host on the WAN itself).
 type vworld struct {
 	srv    *stunserver.Server
+	srvNet *vnet.Net // the server's host
 	client *vnet.Net
 	wan    *vnet.Router
 	site   *vnet.Router // nil without a NAT
@@ -54,6 +57,7 @@ func newVWorld(t *testing.T, nat *vnet.NATType, filters ...vnet.ChunkFilter) *vw
 	srvNet, err := vnet.NewNet(&vnet.NetConfig{StaticIPs: []string{srvPrimary.String(), srvAlternate.String()}})
 	must(err)
 	must(w.wan.AddNet(srvNet))
+	w.srvNet = srvNet
 	if nat == nil {
 		w.client, err = vnet.NewNet(&vnet.NetConfig{StaticIPs: []string{openHost.String()}})
 		must(err)
@@ -171,6 +175,68 @@ func TestDiscoverServerGone(t *testing.T) {
 		}
 		if took := time.Since(start); took > 2*cfg.Timeout {
 			t.Errorf("giving up took %v, more than twice the %v timeout", took, cfg.Timeout)
+		}
+	})
+}
+
+// plainSTUN runs a classic STUN server (RFC 8489 Binding only, the kind
+// most public servers are) on the server host at port: it answers every
+// Binding request to its source with XOR-MAPPED-ADDRESS and nothing else.
+func (w *vworld) plainSTUN(t *testing.T, port uint16) netip.AddrPort {
+	t.Helper()
+	addr := netip.AddrPortFrom(srvPrimary, port)
+	pc, err := w.srvNet.ListenPacket("udp4", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			var req stun.Message
+			if stun.Decode(buf[:n], &req) != nil || req.Type != stun.BindingRequest {
+				continue
+			}
+			src, _ := addrPortOf(from)
+			resp := stun.MustBuild(stun.NewTransactionIDSetter(req.TransactionID), stun.BindingSuccess,
+				&stun.XORMappedAddress{IP: src.Addr().AsSlice(), Port: int(src.Port())})
+			pc.WriteTo(resp.Raw, from)
+		}
+	}()
+	t.Cleanup(func() { pc.Close(); <-done })
+	return addr
+}
+
+// TestPlainSTUNServer runs the client against a server without RFC 5780:
+// discovery still finds the external address and says why mapping and
+// filtering are unknown; the lifetime measurement fails at once, saying
+// that the server does not honour RESPONSE-PORT, rather than reading every
+// probe as a dead binding.
+func TestPlainSTUNServer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		w := newVWorld(t, &vnet.NATType{MappingLifeTime: time.Hour})
+		defer w.close(t)
+		cfg := w.config()
+		cfg.Server = w.plainSTUN(t, 4000).String()
+		rep, err := Discover(context.Background(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.External.Addr() != natExternal || rep.Mapping != BehaviorUnknown || rep.Filtering != BehaviorUnknown || len(rep.Notes) == 0 {
+			t.Errorf("against a plain STUN server:\n%s", rep)
+		}
+		start := time.Now()
+		_, err = MeasureLifetime(context.Background(), cfg, DefaultLifetimeConfig())
+		if err == nil || !strings.Contains(err.Error(), "RESPONSE-PORT") {
+			t.Fatalf("MeasureLifetime = %v, want an error about RESPONSE-PORT", err)
+		}
+		if took := time.Since(start); took > 10*time.Second {
+			t.Errorf("noticing took %v", took)
 		}
 	})
 }
