@@ -1,0 +1,463 @@
+package election
+
+import (
+	"context"
+	"crypto/hmac"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/pion/transport/v5"
+	"golang.org/x/net/ipv4"
+
+	"github.com/superpeer/superpeer/nat/clock"
+)
+
+// PeerState says where an announcing peer stands with its site's group.
+type PeerState string
+
+const (
+	// StateNew: no group state yet; waiting for the bootstrap rule.
+	StateNew PeerState = "new"
+	// StateMember: in the site's group (it has Raft state).
+	StateMember PeerState = "member"
+)
+
+// Announcement is what a peer tells its LAN about itself.
+type Announcement struct {
+	Site      string    `json:"site"`
+	ID        string    `json:"id"`
+	Addr      string    `json:"addr"`
+	Role      Role      `json:"role"`
+	Score     int       `json:"score"`
+	// Eligible: the peer may vote (VoterEligible); the bootstrap rule
+	// prefers such a founder.
+	Eligible  bool      `json:"eligible,omitempty"`
+	State     PeerState `json:"state"`
+	Leader    string    `json:"leader,omitempty"`
+	Superpeer bool      `json:"superpeer,omitempty"`
+	Services  Services  `json:"services"`
+}
+
+// Heard is an announcement as received.
+type Heard struct {
+	Announcement
+	// From is the source address of the last announcement.
+	From string `json:"from"`
+	// Seen is when it was last heard.
+	Seen time.Time `json:"seen"`
+	// Verified: it carried a valid HMAC under this site's secret. Only
+	// verified announcements take part in bootstrap and joining.
+	Verified bool `json:"verified"`
+	// Source is how it was heard: "multicast", "dns-sd" or "memory".
+	Source string `json:"source"`
+}
+
+// Discovery announces this peer on the LAN and reports the peers it hears.
+type Discovery interface {
+	// Announce replaces this peer's announcement and sends it at once.
+	Announce(a Announcement)
+	// Peers returns what was heard recently, other than this peer.
+	Peers() []Heard
+	// Updates is signalled when a peer appears, changes or goes quiet.
+	Updates() <-chan struct{}
+	// Close stops announcing and listening.
+	Close() error
+}
+
+// heardTable keeps recent announcements; shared by the implementations.
+type heardTable struct {
+	self  string
+	ttl   time.Duration
+	clock clock.Clock
+
+	mu      sync.Mutex // guards following
+	peers   map[string]Heard
+	updates chan struct{}
+}
+
+func newHeardTable(self string, ttl time.Duration, c clock.Clock) *heardTable {
+	return &heardTable{self: self, ttl: ttl, clock: c, peers: map[string]Heard{}, updates: make(chan struct{}, 1)}
+}
+
+func (t *heardTable) add(h Heard) {
+	if h.ID == t.self || h.ID == "" {
+		return
+	}
+	h.Seen = t.clock.Now()
+	t.mu.Lock()
+	old, had := t.peers[h.ID]
+	// An unverified announcement never overwrites a verified one: a
+	// stranger cannot move a member's address or state.
+	if had && old.Verified && !h.Verified && t.clock.Since(old.Seen) < t.ttl {
+		t.mu.Unlock()
+		return
+	}
+	t.peers[h.ID] = h
+	changed := !had || old.Announcement != h.Announcement || old.Verified != h.Verified
+	t.mu.Unlock()
+	if changed {
+		t.signal()
+	}
+}
+
+func (t *heardTable) signal() {
+	select {
+	case t.updates <- struct{}{}:
+	default:
+	}
+}
+
+func (t *heardTable) list() []Heard {
+	now := t.clock.Now()
+	t.mu.Lock()
+	var out []Heard
+	expired := false
+	for id, h := range t.peers {
+		if now.Sub(h.Seen) > t.ttl {
+			delete(t.peers, id)
+			expired = true
+			continue
+		}
+		out = append(out, h)
+	}
+	t.mu.Unlock()
+	if expired {
+		t.signal()
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// MemLAN is an in-memory LAN for tests: every Discovery attached to it
+// hears every other, and Cut silences one.
+type MemLAN struct {
+	clock clock.Clock
+	ttl   time.Duration
+
+	mu      sync.Mutex // guards following
+	members map[string]*memDiscovery
+	cut     map[string]bool
+}
+
+// NewMemLAN returns an empty LAN whose announcements are forgotten after
+// ttl of silence.
+func NewMemLAN(c clock.Clock, ttl time.Duration) *MemLAN {
+	return &MemLAN{clock: clock.OrReal(c), ttl: ttl, members: map[string]*memDiscovery{}, cut: map[string]bool{}}
+}
+
+// Discovery attaches peer id to the LAN.
+func (l *MemLAN) Discovery(id string) Discovery {
+	d := &memDiscovery{lan: l, id: id, table: newHeardTable(id, l.ttl, l.clock)}
+	l.mu.Lock()
+	l.members[id] = d
+	others := make([]*memDiscovery, 0, len(l.members))
+	for _, m := range l.members {
+		others = append(others, m)
+	}
+	l.mu.Unlock()
+	for _, m := range others {
+		if a, ok := m.current(); ok && m != d {
+			l.deliver(m.id, a)
+		}
+	}
+	return d
+}
+
+// Cut stops (or with false restores) delivery to and from id.
+func (l *MemLAN) Cut(id string, cut bool) {
+	l.mu.Lock()
+	l.cut[id] = cut
+	l.mu.Unlock()
+}
+
+func (l *MemLAN) deliver(from string, a Announcement) {
+	l.mu.Lock()
+	if l.cut[from] {
+		l.mu.Unlock()
+		return
+	}
+	var to []*memDiscovery
+	for id, m := range l.members {
+		if id != from && !l.cut[id] {
+			to = append(to, m)
+		}
+	}
+	l.mu.Unlock()
+	for _, m := range to {
+		m.table.add(Heard{Announcement: a, From: "memory:" + from, Verified: true, Source: "memory"})
+	}
+}
+
+type memDiscovery struct {
+	lan   *MemLAN
+	id    string
+	table *heardTable
+
+	mu     sync.Mutex // guards following
+	ann    *Announcement
+	closed bool
+}
+
+func (d *memDiscovery) current() (Announcement, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.ann == nil || d.closed {
+		return Announcement{}, false
+	}
+	return *d.ann, true
+}
+
+func (d *memDiscovery) Announce(a Announcement) {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return
+	}
+	d.ann = &a
+	d.mu.Unlock()
+	d.lan.deliver(d.id, a)
+}
+
+func (d *memDiscovery) Peers() []Heard {
+	// Peers that are still attached stay heard: the in-memory LAN has
+	// no periodic announcements, so refresh them here.
+	d.lan.mu.Lock()
+	var live []*memDiscovery
+	for id, m := range d.lan.members {
+		if id != d.id && !d.lan.cut[id] && !d.lan.cut[d.id] {
+			live = append(live, m)
+		}
+	}
+	d.lan.mu.Unlock()
+	for _, m := range live {
+		if a, ok := m.current(); ok {
+			d.table.add(Heard{Announcement: a, From: "memory:" + m.id, Verified: true, Source: "memory"})
+		}
+	}
+	return d.table.list()
+}
+
+func (d *memDiscovery) Updates() <-chan struct{} { return d.table.updates }
+
+func (d *memDiscovery) Close() error {
+	d.mu.Lock()
+	d.closed = true
+	d.mu.Unlock()
+	d.lan.mu.Lock()
+	delete(d.lan.members, d.id)
+	d.lan.mu.Unlock()
+	return nil
+}
+
+// MulticastConfig configures a MulticastDiscovery.
+type MulticastConfig struct {
+	// Group is the IPv4 multicast group and port, e.g. "239.255.50.71:5071".
+	Group string
+	// Interval is the announcement period; a peer is forgotten after
+	// three missed periods.
+	Interval time.Duration
+	// Secret authenticates this site's announcements (HMAC-SHA256).
+	Secret *SiteSecret
+	Net    transport.Net
+	Clock  clock.Clock
+	Logger *slog.Logger
+}
+
+// MulticastDiscovery announces on an IPv4 multicast group, joined on every
+// up, multicast-capable interface of the Net. Each announcement carries an
+// HMAC under the site secret; announcements of other sites and forgeries
+// are listed as unverified and never acted upon.
+type MulticastDiscovery struct {
+	cfg   MulticastConfig
+	group *net.UDPAddr
+	conn  net.PacketConn
+	table *heardTable
+
+	mu     sync.Mutex // guards following
+	ann    *Announcement
+	timer  clock.Timer
+	closed bool
+
+	done chan struct{}
+	wg   sync.WaitGroup
+}
+
+type wireAnnouncement struct {
+	A   json.RawMessage `json:"a"`
+	MAC []byte          `json:"mac"`
+}
+
+// NewMulticastDiscovery joins the group and starts listening. self is this
+// peer's node ID (its own announcements are not reported).
+func NewMulticastDiscovery(ctx context.Context, self string, cfg MulticastConfig) (*MulticastDiscovery, error) {
+	if cfg.Net == nil {
+		return nil, errNoNet
+	}
+	cfg.Clock = clock.OrReal(cfg.Clock)
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	group, err := net.ResolveUDPAddr("udp4", cfg.Group)
+	if err != nil || !group.IP.IsMulticast() {
+		return nil, fmt.Errorf("multicast group %q is not an IPv4 multicast address and port", cfg.Group)
+	}
+	lc := cfg.Net.CreateListenConfig(&net.ListenConfig{Control: reuseAddr})
+	pc, err := lc.ListenPacket(ctx, "udp4", fmt.Sprintf("0.0.0.0:%d", group.Port))
+	if err != nil {
+		return nil, fmt.Errorf("listening for announcements on UDP %d: %w", group.Port, err)
+	}
+	p := ipv4.NewPacketConn(pc)
+	ifaces, err := cfg.Net.Interfaces()
+	if err != nil {
+		pc.Close()
+		return nil, fmt.Errorf("listing interfaces to join %s: %w", group.IP, err)
+	}
+	joined := 0
+	var joinErr error
+	for _, ifc := range ifaces {
+		if ifc.Flags&net.FlagUp == 0 || ifc.Flags&net.FlagMulticast == 0 {
+			continue
+		}
+		if err := p.JoinGroup(&ifc.Interface, &net.UDPAddr{IP: group.IP}); err != nil {
+			joinErr = err
+			continue
+		}
+		joined++
+	}
+	if joined == 0 {
+		pc.Close()
+		return nil, fmt.Errorf("joining multicast group %s on no interface: %w", group.IP, errors.Join(joinErr, errors.New("no up multicast interface")))
+	}
+	_ = p.SetMulticastLoopback(true)
+	d := &MulticastDiscovery{
+		cfg: cfg, group: group, conn: pc,
+		table: newHeardTable(self, 3*cfg.Interval, cfg.Clock),
+		done:  make(chan struct{}),
+	}
+	d.wg.Add(1)
+	go d.readLoop()
+	return d, nil
+}
+
+// Announce implements Discovery.
+func (d *MulticastDiscovery) Announce(a Announcement) {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return
+	}
+	d.ann = &a
+	if d.timer == nil {
+		d.timer = d.cfg.Clock.AfterFunc(d.cfg.Interval, d.tick)
+	}
+	d.mu.Unlock()
+	d.send(a)
+}
+
+func (d *MulticastDiscovery) tick() {
+	d.mu.Lock()
+	if d.closed || d.ann == nil {
+		d.mu.Unlock()
+		return
+	}
+	a := *d.ann
+	d.timer.Reset(d.cfg.Interval)
+	d.mu.Unlock()
+	d.send(a)
+	d.table.list() // forget the quiet ones
+}
+
+func (d *MulticastDiscovery) send(a Announcement) {
+	body, err := json.Marshal(a)
+	if err != nil {
+		return
+	}
+	msg, err := json.Marshal(wireAnnouncement{A: body, MAC: d.cfg.Secret.mac(body)})
+	if err != nil {
+		return
+	}
+	if _, err := d.conn.WriteTo(msg, d.group); err != nil {
+		d.cfg.Logger.Debug("announcement not sent", "group", d.group, "err", err)
+	}
+}
+
+func (d *MulticastDiscovery) readLoop() {
+	defer d.wg.Done()
+	buf := make([]byte, 2048)
+	for {
+		n, from, err := d.conn.ReadFrom(buf)
+		if err != nil {
+			select {
+			case <-d.done:
+				return
+			default:
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			d.cfg.Logger.Warn("announcement listener stopped", "err", err)
+			return
+		}
+		var w wireAnnouncement
+		if json.Unmarshal(buf[:n], &w) != nil {
+			continue
+		}
+		var a Announcement
+		if json.Unmarshal(w.A, &a) != nil {
+			continue
+		}
+		verified := a.Site == d.cfg.Secret.SiteID() && hmac.Equal(w.MAC, d.cfg.Secret.mac(w.A))
+		d.table.add(Heard{Announcement: a, From: from.String(), Verified: verified, Source: "multicast"})
+	}
+}
+
+// Peers implements Discovery.
+func (d *MulticastDiscovery) Peers() []Heard { return d.table.list() }
+
+// Updates implements Discovery.
+func (d *MulticastDiscovery) Updates() <-chan struct{} { return d.table.updates }
+
+// Close implements Discovery.
+func (d *MulticastDiscovery) Close() error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil
+	}
+	d.closed = true
+	if d.timer != nil {
+		d.timer.Stop()
+	}
+	d.mu.Unlock()
+	close(d.done)
+	err := d.conn.Close()
+	d.wg.Wait()
+	return err
+}
+
+// reuseAddr lets several daemons on one host (tests, a desktop agent next
+// to a full daemon) share the announcement port.
+func reuseAddr(network, address string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
+// verifiedMembers filters what was heard down to this site's peers.
+func verifiedOnly(hs []Heard) []Heard {
+	return slices.DeleteFunc(hs, func(h Heard) bool { return !h.Verified })
+}
