@@ -380,7 +380,7 @@ func (c *Client) Map(ctx context.Context, proto Protocol, internal netip.AddrPor
 		var nonce [12]byte
 		m, err = c.mapPCP(ctx, internal, external, netip.Addr{}, nonce)
 	case UPnP:
-		m, err = c.mapUPnP(ctx, internal, external)
+		m, err = c.mapUPnP(ctx, internal, external, true)
 	default:
 		return nil, fmt.Errorf("portmap: unknown protocol %q", proto)
 	}
@@ -442,7 +442,7 @@ func (c *Client) renew(ctx context.Context, m Mapping) (Mapping, error) {
 	case *pcpMapping:
 		n, err = c.mapPCP(ctx, m.internal, m.external.Port(), m.external.Addr(), m.nonce)
 	case *upnpMapping:
-		n, err = c.mapUPnP(ctx, m.internal, m.external.Port())
+		n, err = c.mapUPnP(ctx, m.internal, m.external.Port(), false)
 	default:
 		return nil, fmt.Errorf("portmap: renewing a %T", m)
 	}

@@ -373,7 +373,7 @@ func (c *Client) openIGD(ctx context.Context, loc *url.URL) (*igd, error) {
 // answer: 725 (only permanent leases: ask for lease 0 and re-add it
 // periodically), 402 (some refuse a lease: likewise), 718 (the port is
 // taken: another), and no external address (no mapping).
-func (c *Client) mapUPnP(ctx context.Context, internal netip.AddrPort, external uint16) (Mapping, error) {
+func (c *Client) mapUPnP(ctx context.Context, internal netip.AddrPort, external uint16, fresh bool) (Mapping, error) {
 	gw, _, _, _ := c.route()
 	fail := func(code int, reason string, err error) error {
 		if reason == "" && code != 0 {
@@ -412,6 +412,18 @@ func (c *Client) mapUPnP(ctx context.Context, internal netip.AddrPort, external 
 	}
 	var lastErr error
 	var lastCode int
+	if v2, ok := dev.svc.(*internetgateway2.WANIPConnection2); ok && fresh {
+		// IGD v2 picks a free port itself when ours is taken. Renewals
+		// use AddPortMapping: same port, same client, an update.
+		rctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
+		got, err := v2.AddAnyPortMappingCtx(rctx, "", port, upnpProto, internal.Port(), internal.Addr().String(),
+			true, c.cfg.Description, lease)
+		cancel()
+		if err == nil && got != 0 {
+			return c.newUPnPMapping(dev, internal, extIP, got, lease), nil
+		}
+		// 725, 402 and the rest: the v1 way below handles them.
+	}
 	for range upnpTries {
 		rctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
 		err = dev.svc.AddPortMappingCtx(rctx, "", port, upnpProto, internal.Port(), internal.Addr().String(),
@@ -436,6 +448,10 @@ func (c *Client) mapUPnP(ctx context.Context, internal netip.AddrPort, external 
 	if err != nil {
 		return nil, fail(lastCode, "", lastErr)
 	}
+	return c.newUPnPMapping(dev, internal, extIP, port, lease), nil
+}
+
+func (c *Client) newUPnPMapping(dev *igd, internal netip.AddrPort, extIP netip.Addr, port uint16, lease uint32) *upnpMapping {
 	now := c.clock.Now()
 	m := &upnpMapping{c: c, dev: dev, internal: internal, external: netip.AddrPortFrom(extIP, port)}
 	if lease == 0 {
@@ -444,7 +460,7 @@ func (c *Client) mapUPnP(ctx context.Context, internal netip.AddrPort, external 
 		life := time.Duration(lease) * time.Second
 		m.goodUntil, m.renewAfter = now.Add(life), now.Add(life/2)
 	}
-	return m, nil
+	return m
 }
 
 type upnpMapping struct {
