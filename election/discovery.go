@@ -32,11 +32,11 @@ const (
 
 // Announcement is what a peer tells its LAN about itself.
 type Announcement struct {
-	Site      string    `json:"site"`
-	ID        string    `json:"id"`
-	Addr      string    `json:"addr"`
-	Role      Role      `json:"role"`
-	Score     int       `json:"score"`
+	Site  string `json:"site"`
+	ID    string `json:"id"`
+	Addr  string `json:"addr"`
+	Role  Role   `json:"role"`
+	Score int    `json:"score"`
 	// Eligible: the peer may vote (VoterEligible); the bootstrap rule
 	// prefers such a founder.
 	Eligible  bool      `json:"eligible,omitempty"`
