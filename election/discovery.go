@@ -192,7 +192,7 @@ func (l *MemLAN) deliver(from string, a Announcement) {
 	}
 	l.mu.Unlock()
 	for _, m := range to {
-		m.table.add(Heard{Announcement: a, From: "memory:" + from, Verified: true, Source: "memory"})
+		m.hear(from, a)
 	}
 }
 
@@ -204,6 +204,13 @@ type memDiscovery struct {
 	mu     sync.Mutex // guards following
 	ann    *Announcement
 	closed bool
+}
+
+// hear records a, verified when it is of the same site as this peer's own
+// announcement (as if it carried a valid HMAC).
+func (d *memDiscovery) hear(from string, a Announcement) {
+	own, ok := d.current()
+	d.table.add(Heard{Announcement: a, From: "memory:" + from, Verified: ok && own.Site == a.Site, Source: "memory"})
 }
 
 func (d *memDiscovery) current() (Announcement, bool) {
@@ -239,7 +246,7 @@ func (d *memDiscovery) Peers() []Heard {
 	d.lan.mu.Unlock()
 	for _, m := range live {
 		if a, ok := m.current(); ok {
-			d.table.add(Heard{Announcement: a, From: "memory:" + m.id, Verified: true, Source: "memory"})
+			d.hear(m.id, a)
 		}
 	}
 	return d.table.list()

@@ -56,6 +56,7 @@ type Node struct {
 	leaderSince time.Time            // when this node last saw a leader (or started)
 	closing     bool
 	lastJoin    time.Time
+	readyTerm   uint64 // leader: the term whose earlier entries are applied here
 }
 
 // Start opens the group listener and the stores, starts Raft and begins
@@ -516,6 +517,21 @@ func (n *Node) observeLoop() {
 // reconcile is the leader's work: liveness, removals, voters, the
 // superpeer set, the TURN secret and expired bindings.
 func (n *Node) reconcile() {
+	// A new leader first applies everything its predecessors committed;
+	// deciding on a stale state would, after a restart, make a second TURN
+	// secret or a superpeer set from nothing.
+	term := n.raft.CurrentTerm()
+	n.mu.Lock()
+	ready := n.readyTerm == term
+	n.mu.Unlock()
+	if !ready {
+		if err := n.raft.Barrier(n.cfg.ApplyTimeout).Error(); err != nil {
+			return
+		}
+		n.mu.Lock()
+		n.readyTerm = term
+		n.mu.Unlock()
+	}
 	cf := n.raft.GetConfiguration()
 	if err := cf.Error(); err != nil {
 		return

@@ -125,6 +125,9 @@ type testSite struct {
 	nets  map[string]*faultNet
 	dirs  map[string]string
 	ports map[string]int
+	// stopping holds, per killed node, a channel closed when it has
+	// stopped; a restart waits for it.
+	stopping map[string]chan struct{}
 }
 
 func newTestSite(t testing.TB, c clock.Clock, tune func(*Config)) *testSite {
@@ -138,6 +141,7 @@ func newTestSite(t testing.TB, c clock.Clock, tune func(*Config)) *testSite {
 		lan:   NewMemLAN(c, time.Second),
 		nodes: map[string]*Node{}, nets: map[string]*faultNet{},
 		dirs: map[string]string{}, ports: map[string]int{},
+		stopping: map[string]chan struct{}{},
 	}
 	t.Cleanup(s.stopAll)
 	return s
@@ -190,6 +194,7 @@ func (s *testSite) config(id string, role Role, c Capability, persistent bool) C
 
 func (s *testSite) start(cfg Config) *Node {
 	s.t.Helper()
+	s.stopped(cfg.NodeID)
 	fn := newFaultNet(s.t)
 	cfg.Net = fn
 	if cfg.Discovery == nil {
@@ -217,6 +222,7 @@ func (s *testSite) startAll(cfgs ...Config) {
 	gate := make(chan struct{})
 	errs := make(chan error, len(cfgs))
 	for _, cfg := range cfgs {
+		s.stopped(cfg.NodeID)
 		fn := newFaultNet(s.t)
 		cfg.Net = fn
 		cfg.Discovery = s.lan.Discovery(cfg.NodeID)
@@ -269,14 +275,27 @@ func (s *testSite) kill(id string) {
 	s.mu.Lock()
 	n, fn := s.nodes[id], s.nets[id]
 	delete(s.nodes, id)
+	done := make(chan struct{})
+	s.stopping[id] = done
 	s.mu.Unlock()
 	fn.Cut(true)
 	s.lan.Cut(id, true)
 	go func() {
+		defer close(done)
 		n.stop()
 		s.lan.Cut(id, false)
 	}()
-	s.t.Cleanup(func() { n.wg.Wait() })
+	s.t.Cleanup(func() { <-done })
+}
+
+// stopped waits until a killed node has stopped.
+func (s *testSite) stopped(id string) {
+	s.mu.Lock()
+	done := s.stopping[id]
+	s.mu.Unlock()
+	if done != nil {
+		<-done
+	}
 }
 
 // stop shuts a node down gracefully.
@@ -367,4 +386,22 @@ func voters(n *Node) map[string]bool {
 		}
 	}
 	return out
+}
+
+// makeLeader moves the lead to id (if another node has it) and waits
+// until every node follows id.
+func (s *testSite) makeLeader(id string) {
+	s.t.Helper()
+	eventually(s.t, 15*time.Second, func() (bool, string) {
+		for _, n := range s.live() {
+			if n.LeaderID() != id {
+				if l := s.node(n.LeaderID()); l != nil && l.IsLeader() {
+					target := s.node(id)
+					_ = l.raft.LeadershipTransferToServer(raft.ServerID(id), raft.ServerAddress(target.Addr())).Error()
+				}
+				return false, n.id + " follows " + n.LeaderID()
+			}
+		}
+		return true, ""
+	})
 }
