@@ -44,7 +44,9 @@ type fakeGateway struct {
 	upnpOff      bool
 	description  func(w http.ResponseWriter, r *http.Request) // nil: the IGD v1 description
 	upnpExternal string
-	addCodes     []int // error codes answered to AddPortMapping, in turn
+	addCodes     []int  // error codes answered to AddPortMapping, in turn
+	v2           bool   // the IGD offers WANIPConnection:2
+	reserved     string // AddAnyPortMapping's choice of port
 	adds         []map[string]string
 	deletes      []map[string]string
 }
@@ -258,7 +260,14 @@ func (g *fakeGateway) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			desc(w, r)
 			return
 		}
-		fmt.Fprintf(w, igdDescription, "")
+		d := fmt.Sprintf(igdDescription, "")
+		g.mu.Lock()
+		v2 := g.v2
+		g.mu.Unlock()
+		if v2 {
+			d = strings.Replace(d, "service:WANIPConnection:1", "service:WANIPConnection:2", 1)
+		}
+		fmt.Fprint(w, d)
 		return
 	case r.Method == http.MethodPost && r.URL.Path == "/ctl/IPConn":
 	default:
@@ -283,6 +292,9 @@ func (g *fakeGateway) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		if len(g.addCodes) > 0 {
 			code, g.addCodes = g.addCodes[0], g.addCodes[1:]
 		}
+	case "AddAnyPortMapping":
+		g.adds = append(g.adds, args)
+		inner = "<NewReservedPort>" + g.reserved + "</NewReservedPort>"
 	case "DeletePortMapping":
 		g.deletes = append(g.deletes, args)
 	default:
@@ -296,5 +308,12 @@ func (g *fakeGateway) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, env, fmt.Sprintf(`<s:Fault><faultcode>s:Client</faultcode><faultstring>UPnPError</faultstring><detail><UPnPError xmlns="urn:schemas-upnp-org:control-1-0"><errorCode>%d</errorCode><errorDescription>%s</errorDescription></UPnPError></detail></s:Fault>`, code, upnpErrorText[code]))
 		return
 	}
-	fmt.Fprintf(w, env, fmt.Sprintf(`<u:%sResponse xmlns:u="urn:schemas-upnp-org:service:WANIPConnection:1">%s</u:%sResponse>`, action, inner, action))
+	svc := "urn:schemas-upnp-org:service:WANIPConnection:1"
+	g.mu.Lock()
+	v2 := g.v2
+	g.mu.Unlock()
+	if v2 {
+		svc = "urn:schemas-upnp-org:service:WANIPConnection:2"
+	}
+	fmt.Fprintf(w, env, fmt.Sprintf(`<u:%sResponse xmlns:u="%s">%s</u:%sResponse>`, action, svc, inner, action))
 }

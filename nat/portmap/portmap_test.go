@@ -127,6 +127,35 @@ func TestUPnPQuirks(t *testing.T) {
 	}
 }
 
+// TestUPnPv2PicksPort: on an IGD v2 a new mapping goes through
+// AddAnyPortMapping, and the port the router reserved is the mapping's.
+func TestUPnPv2PicksPort(t *testing.T) {
+	g := newFakeGateway(t)
+	g.set(func(g *fakeGateway) { g.v2, g.reserved = true, "40000" })
+	c := g.client(nil)
+	a, err := c.Probe(t0ctx(t))
+	if err != nil || a.UPnPService != "WANIPConnection:2" {
+		t.Fatalf("probe %+v, %v", a, err)
+	}
+	m, err := c.Map(t0ctx(t), UPnP, lanSocket, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.External().Port() != 40000 {
+		t.Fatalf("mapped %v, want the reserved port 40000", m.External())
+	}
+	n, err := c.renew(t0ctx(t), m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.mu.Lock()
+	last := g.adds[len(g.adds)-1]
+	g.mu.Unlock()
+	if n.External() != m.External() || last["NewExternalPort"] != "40000" {
+		t.Fatalf("renewal asked for %v and got %v, want the same port", last, n.External())
+	}
+}
+
 // TestSSDPUntrusted: an SSDP answer is anyone's on the LAN; only URLs on
 // the gateway's subnet are followed, within size and time limits, and the
 // probe gives up quickly.
