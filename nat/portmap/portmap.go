@@ -418,6 +418,11 @@ func (c *Client) MapAny(ctx context.Context, internal netip.AddrPort, protos []P
 		}
 		errs = append(errs, err)
 	}
+	// The gateway may have come up, rebooted onto another HTTP port or
+	// changed its mind: ask again next time.
+	c.mu.Lock()
+	c.probed, c.igd = false, nil
+	c.mu.Unlock()
 	if len(errs) == 0 {
 		return nil, &NoMappingError{Protocol: protos[0], Gateway: avail.Gateway, Reason: "the gateway speaks none of " + joinProtos(protos)}
 	}
