@@ -45,14 +45,14 @@ func allowedVoters(n, max int) int {
 // permits. Down voters that are not yet dead keep their place while no
 // live replacement exists (a rebooting router should not cost the site a
 // voter change); dead ones are left to removal. Promotions come first in
-// the plan, so the voter count rises before it falls. self (the leader) is
-// never demoted.
+// the plan, so the voter count rises before it falls. self (the leader)
+// keeps its vote.
 func planVoters(views []memberView, maxVoters int, self string) (promote, demote []string) {
 	var live, downVoters []memberView
 	for _, v := range views {
 		switch {
 		case v.Dead:
-		case !v.Down && v.eligibleVoter():
+		case !v.Down && (v.eligibleVoter() || (v.ID == self && v.Voter)):
 			live = append(live, v)
 		case v.Down && v.Voter:
 			downVoters = append(downVoters, v)
@@ -62,10 +62,13 @@ func planVoters(views []memberView, maxVoters int, self string) (promote, demote
 	if n == 0 {
 		return nil, nil
 	}
-	// Current voters first (no churn for a slightly better newcomer),
-	// then by stability, then by ID.
+	// The leader first (it keeps its vote), then current voters (no churn
+	// for a slightly better newcomer), then by stability, then by ID.
 	sort.SliceStable(live, func(i, j int) bool {
 		a, b := live[i], live[j]
+		if (a.ID == self) != (b.ID == self) {
+			return a.ID == self
+		}
 		if a.Voter != b.Voter {
 			return a.Voter
 		}
