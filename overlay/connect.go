@@ -192,7 +192,7 @@ func (n *Node) dialAny(ctx context.Context, id NodeID, addrs []string, kind Path
 
 // awaitLinked waits until the far end answered the session's Hello.
 func (n *Node) awaitLinked(ctx context.Context, s *session) error {
-	return n.waitFor(ctx, func() bool { return s.linked || s.closed }, func() error {
+	return n.waitFor(ctx, func() bool { return s.linked || s.closed || s.answered }, func() error {
 		if !s.linked {
 			return fmt.Errorf("link to %s refused", s.peer.Short())
 		}

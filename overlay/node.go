@@ -79,6 +79,7 @@ type Node struct {
 	onMessage func(from NodeID, payload []byte)
 	onRouted  func(key, from NodeID, payload []byte)
 	rnd       *rand.Rand
+	joining   bool
 }
 
 // New checks cfg, opens the overlay socket and starts the node; it then
@@ -237,7 +238,11 @@ func (n *Node) startSession(s *session, wantLink bool) *session {
 	n.log.Debug("overlay: session up", "peer", s.peer.Short(), "remote", s.remote.String(), "path", s.kind.String())
 	n.wg.Add(1)
 	go func() { defer n.wg.Done(); s.readLoop() }()
-	_ = n.sendHello(s, wantLink)
+	if s.client {
+		// The client speaks first; the server's Hello answers it and
+		// says whether the link was accepted.
+		_ = n.sendHello(s, wantLink)
+	}
 	return s
 }
 
@@ -336,7 +341,30 @@ func (n *Node) dropSession(s *session, why string) {
 		}
 		n.log.Info("overlay: link down", "peer", s.peer.Short(), "path", s.kind.String(), "why", why)
 		n.advertise()
+		n.rejoinIfAlone()
 	}
+}
+
+// rejoinIfAlone joins again at once when the last link went, rather than
+// at the next maintenance round.
+func (n *Node) rejoinIfAlone() {
+	n.mu.Lock()
+	alone := n.table.Len() == 0 && len(n.cfg.Bootstrap) > 0 && n.ctx.Err() == nil && !n.joining
+	if alone {
+		n.joining = true
+	}
+	n.mu.Unlock()
+	if !alone {
+		return
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		_ = n.Join(n.ctx)
+		n.mu.Lock()
+		n.joining = false
+		n.mu.Unlock()
+	}()
 }
 
 // --- frames ---
@@ -381,6 +409,7 @@ func (n *Node) handleHello(s *session, h *wire.Hello) {
 	}
 	n.mu.Lock()
 	s.contact = h.Self
+	s.answered = true
 	if h.Observed != "" && !contains(n.observed, h.Observed) && !contains(n.cfg.Advertise, h.Observed) {
 		n.observed = append(n.observed, h.Observed)
 		if len(n.observed) > 2 {
@@ -528,6 +557,9 @@ func (n *Node) request(ctx context.Context, kind uint8, dest NodeID, exact bool,
 	if next == nil {
 		next = n.nextHop(dest, exact, m.Via)
 	}
+	if next == nil && dest != n.id {
+		next = n.anySessionIfUnlinked()
+	}
 	if next == nil {
 		if exact && dest != n.id {
 			return nil, fmt.Errorf("routing to %s: %w: no link leads closer", dest.Short(), ErrUnreachable)
@@ -551,6 +583,23 @@ func (n *Node) request(ctx context.Context, kind uint8, dest NodeID, exact bool,
 	case <-n.ctx.Done():
 		return nil, ErrClosed
 	}
+}
+
+// anySessionIfUnlinked returns a session to route through when the table
+// has no links yet: a node that the bootstrap refused to link still asks
+// others through its transient session.
+func (n *Node) anySessionIfUnlinked() *session {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.table.Len() > 0 {
+		return nil
+	}
+	for _, s := range n.sessions {
+		if !s.closed {
+			return s
+		}
+	}
+	return nil
 }
 
 // deliver handles a message this node is the destination (or root) of.

@@ -186,6 +186,14 @@ func TestDegreeBoundHolds(t *testing.T) {
 			}
 		}
 	}
+	waitUntil(t, 20*time.Second, "nodes never joined", func() bool {
+		for _, n := range nodes {
+			if len(n.Status().Links) == 0 {
+				return false
+			}
+		}
+		return true
+	})
 	// Everyone asks everyone; the bound must hold throughout.
 	for _, a := range nodes {
 		for _, b := range nodes {

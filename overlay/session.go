@@ -41,6 +41,7 @@ type session struct {
 	pingSent  time.Time
 	contact   wire.Contact
 	carrying  int // relayed sessions that run through this one
+	answered  bool // a Hello arrived: for a client, the link decision
 	closed    bool
 }
 
