@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -48,11 +49,14 @@ type Node struct {
 	soft    *softTable
 	watches *watchHub
 
+	reconcileMu sync.Mutex   // one reconciliation at a time
+	reconciles  atomic.Int64 // completed reconciliation passes (tests wait on it)
+	handedOver  atomic.Bool  // Close moved the lead to another voter
+
 	mu          sync.Mutex // guards following
 	capability  Capability
 	services    Services
 	failing     map[string]time.Time // leader: when heartbeats to a member began to fail
-	leaving     map[string]bool      // leader: members that said they are shutting down
 	leaderSince time.Time            // when this node last saw a leader (or started)
 	closing     bool
 	lastJoin    time.Time
@@ -80,7 +84,6 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		obsCh:      make(chan raft.Observation, 64),
 		capability: cfg.Capability,
 		failing:    map[string]time.Time{},
-		leaving:    map[string]bool{},
 		watches:    newWatchHub(),
 	}
 	n.started = n.clock.Now()
@@ -236,6 +239,7 @@ func (n *Node) member() Member {
 	return Member{
 		ID: n.id, Addr: n.Addr(), Role: n.cfg.Role,
 		Capability: n.capability, Score: Score(n.capability), Services: n.services,
+		Away: n.closing,
 	}
 }
 
@@ -463,7 +467,7 @@ func (n *Node) reportIfChanged() {
 }
 
 func memberChanged(have, want Member) bool {
-	return have.Addr != want.Addr || have.Role != want.Role || have.Services != want.Services ||
+	return have.Addr != want.Addr || have.Role != want.Role || have.Services != want.Services || have.Away != want.Away ||
 		have.Score != want.Score || have.Capability.Class != want.Capability.Class ||
 		have.Capability.Power != want.Capability.Power ||
 		have.Capability.Reachability != want.Capability.Reachability
@@ -492,7 +496,6 @@ func (n *Node) observeLoop() {
 			case raft.ResumedHeartbeatObservation:
 				n.mu.Lock()
 				delete(n.failing, string(d.PeerID))
-				delete(n.leaving, string(d.PeerID))
 				n.mu.Unlock()
 				n.poke()
 			case raft.LeaderObservation:
@@ -507,7 +510,7 @@ func (n *Node) observeLoop() {
 				n.mu.Unlock()
 				n.log.Info("leader changed", "leader", d.LeaderID)
 				n.poke()
-			case raft.RaftState:
+			case raft.RaftState, raft.PeerObservation:
 				n.poke()
 			}
 		}
@@ -517,6 +520,8 @@ func (n *Node) observeLoop() {
 // reconcile is the leader's work: liveness, removals, voters, the
 // superpeer set, the TURN secret and expired bindings.
 func (n *Node) reconcile() {
+	n.reconcileMu.Lock()
+	defer n.reconcileMu.Unlock()
 	// A new leader first applies everything its predecessors committed;
 	// deciding on a stale state would, after a restart, make a second TURN
 	// secret or a superpeer set from nothing.
@@ -532,6 +537,7 @@ func (n *Node) reconcile() {
 		n.readyTerm = term
 		n.mu.Unlock()
 	}
+	defer n.reconciles.Add(1)
 	cf := n.raft.GetConfiguration()
 	if err := cf.Error(); err != nil {
 		return
@@ -561,7 +567,7 @@ func (n *Node) reconcile() {
 			v.Down = down >= n.cfg.DownAfter
 			v.Dead = down >= n.cfg.DeadMemberGrace
 		}
-		if n.leaving[id] && id != n.id {
+		if m.Away && id != n.id {
 			v.Down = true
 		}
 		if id == n.id {
@@ -601,8 +607,8 @@ func (n *Node) reconcile() {
 		}
 		n.mu.Lock()
 		delete(n.failing, v.ID)
-		delete(n.leaving, v.ID)
 		n.mu.Unlock()
+		inConfig[v.ID] = false
 	}
 	for id := range st.Members {
 		if !inConfig[id] {
@@ -887,9 +893,6 @@ func (n *Node) handleJoin(ctx context.Context, body json.RawMessage) (any, error
 			return nil, err
 		}
 	}
-	n.mu.Lock()
-	delete(n.leaving, m.ID)
-	n.mu.Unlock()
 	n.poke()
 	return struct{}{}, nil
 }
@@ -919,6 +922,20 @@ func (n *Node) handleReadIndex(ctx context.Context, _ json.RawMessage) (any, err
 	return n.raft.CommitIndex(), nil
 }
 
+// markAway commits that member id has shut down gracefully: no leader
+// elects it superpeer until it reports again.
+func (n *Node) markAway(ctx context.Context, id string) error {
+	var m Member
+	var ok bool
+	n.fsm.Read(func(s *SiteState) { m, ok = s.Members[id] })
+	if !ok || m.Away {
+		return nil
+	}
+	m.Away = true
+	_, err := n.applyLocal(ctx, Command{Op: OpMemberPut, Member: &m})
+	return err
+}
+
 func (n *Node) handleLeave(ctx context.Context, body json.RawMessage) (any, error) {
 	var id string
 	if err := json.Unmarshal(body, &id); err != nil || id == "" {
@@ -927,10 +944,10 @@ func (n *Node) handleLeave(ctx context.Context, body json.RawMessage) (any, erro
 	if n.raft.State() != raft.Leader {
 		return nil, n.notLeader()
 	}
-	n.mu.Lock()
-	n.leaving[id] = true
-	n.mu.Unlock()
 	n.log.Info("member is shutting down", "member", id)
+	if err := n.markAway(ctx, id); err != nil {
+		return nil, err
+	}
 	n.reconcile()
 	return struct{}{}, nil
 }
@@ -1071,17 +1088,21 @@ func (n *Node) handOver(ctx context.Context) {
 		return
 	}
 	if n.raft.State() == raft.Leader {
+		if err := n.markAway(ctx, n.id); err != nil {
+			n.log.Warn("recording our shutdown failed", "err", err)
+		}
 		n.reconcile() // commits a set without us (closing counts as down)
 		if n.hasOtherVoter() {
 			if err := n.raft.LeadershipTransfer().Error(); err != nil {
 				n.log.Warn("leadership transfer on shutdown failed", "err", err)
 			} else {
+				n.handedOver.Store(true)
 				n.log.Info("handed leadership over on shutdown")
 			}
 		}
 		return
 	}
-	if addr, _ := n.raft.LeaderWithID(); addr != "" && n.Superpeers().Contains(n.id) {
+	if addr, _ := n.raft.LeaderWithID(); addr != "" {
 		if err := n.rpc.call(ctx, string(addr), rpcLeave, n.id, nil); err != nil {
 			n.log.Warn("telling the leader we are leaving failed", "err", err)
 		}

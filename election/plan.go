@@ -14,7 +14,7 @@ type memberView struct {
 	Known  bool // the member table has a record (Member is valid)
 	Member Member
 	Voter  bool
-	// Down: heartbeats have failed for DownAfter, or it said it is leaving.
+	// Down: heartbeats have failed for DownAfter, or it shut down (Away).
 	Down bool
 	// Dead: down for DeadMemberGrace; to be removed.
 	Dead bool

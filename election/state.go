@@ -23,6 +23,9 @@ type Member struct {
 	Capability Capability `json:"capability"`
 	Score      int        `json:"score"`
 	Services   Services   `json:"services"`
+	// Away: it shut down gracefully and is not elected superpeer until it
+	// reports again (every daemon reports when it starts).
+	Away bool `json:"away,omitempty"`
 }
 
 // SuperpeerSet is the committed set of superpeers.
