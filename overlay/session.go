@@ -40,7 +40,7 @@ type session struct {
 	pingNonce uint64
 	pingSent  time.Time
 	contact   wire.Contact
-	carrying  int // relayed sessions that run through this one
+	carrying  int  // relayed sessions that run through this one
 	answered  bool // a Hello arrived: for a client, the link decision
 	closed    bool
 }
