@@ -720,7 +720,8 @@ func (n *Node) applyLocal(ctx context.Context, cmd Command) (ApplyResult, error)
 }
 
 // Apply commits cmd through the leader, wherever it is, and returns once
-// the command is committed and applied there. It waits (within ctx) for a
+// the command is committed, applied there, and applied here (so a read on
+// this node that follows sees it). It waits (within ctx) for a
 // leader when there is none.
 func (n *Node) Apply(ctx context.Context, cmd Command) (ApplyResult, error) {
 	if _, ok := ctx.Deadline(); !ok {
@@ -738,6 +739,10 @@ func (n *Node) Apply(ctx context.Context, cmd Command) (ApplyResult, error) {
 			err = n.rpc.call(ctx, string(addr), rpcApply, cmd, &ans)
 			if err == nil {
 				res = ApplyResult{Index: ans.Index, Binding: ans.Binding}
+				// Read your writes: the caller's next read here sees it.
+				if werr := n.waitApplied(ctx, ans.Index); werr != nil {
+					return res, fmt.Errorf("committed %s at %d but not yet applied here: %w", cmd.Op, ans.Index, werr)
+				}
 			}
 		} else {
 			err = &NotLeaderError{}
