@@ -25,3 +25,4 @@ func reusePortControl(_, _ string, c syscall.RawConn) error {
 	}
 	return serr
 }
+

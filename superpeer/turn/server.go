@@ -440,7 +440,7 @@ func (s *Server) listenUDP(ctx context.Context, a netip.Addr, port uint16) ([]ne
 		}
 		return []net.PacketConn{c}, nil
 	}
-	lc := s.net.CreateListenConfig(&net.ListenConfig{Control: reusePortControl})
+	lc := s.net.CreateListenConfig(&net.ListenConfig{Control: listenerControl(s.cfg.UDPListeners, a.Is6())})
 	var cs []net.PacketConn
 	for range s.cfg.UDPListeners {
 		c, err := lc.ListenPacket(ctx, network, netip.AddrPortFrom(a, port).String())

@@ -436,3 +436,84 @@ func TestRelayAndMetrics(t *testing.T) {
 		}
 	}
 }
+
+// TestBandwidthCap: a UDP allocation's traffic towards its peers is cut
+// at the cap (a burst, then the rate; fake clock), and the excess is
+// counted.
+func TestBandwidthCap(t *testing.T) {
+	peer, err := net.ListenPacket("udp4", "127.0.0.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	clk := clock.NewFake(time.Now())
+	s := startLoopback(t, clk, false, func(c *Config) {
+		c.AllowPeers = []netip.Prefix{netip.MustParsePrefix("127.0.0.2/32")}
+		c.BandwidthPerAllocation = 16 << 10 // burst: the 16 KiB floor
+	})
+	c := client(t, s, "udp4", "alice")
+	if _, code := c.allocate(17, 0); code != 0 {
+		t.Fatalf("allocate: %d", code)
+	}
+	pa := addrPortOf(peer.LocalAddr())
+	if code := c.peerRequest(stun.MethodCreatePermission, pa); code != 0 {
+		t.Fatalf("CreatePermission: %d", code)
+	}
+	payload := make([]byte, 1024)
+	burst := func(n int) (relayed, dropped uint64) {
+		before := s.Status()
+		for range n {
+			c.send(pa, payload)
+		}
+		waitFor(t, 5*time.Second, "every packet relayed or dropped", func() bool {
+			st := s.Status()
+			return st.ToPeer.Packets+st.Refusals[ReasonBandwidth] == before.ToPeer.Packets+before.Refusals[ReasonBandwidth]+uint64(n)
+		})
+		st := s.Status()
+		return st.ToPeer.Packets - before.ToPeer.Packets, st.Refusals[ReasonBandwidth] - before.Refusals[ReasonBandwidth]
+	}
+	if relayed, dropped := burst(30); relayed != 16 || dropped != 14 {
+		t.Fatalf("30 KiB at once with a 16 KiB burst: %d relayed, %d dropped; want 16, 14", relayed, dropped)
+	}
+	clk.Advance(500 * time.Millisecond)
+	if relayed, dropped := burst(30); relayed != 8 || dropped != 22 {
+		t.Fatalf("half a second later at 16 KiB/s: %d relayed, %d dropped; want 8, 22", relayed, dropped)
+	}
+}
+
+// TestReservationAcrossListeners: an RTP allocation with EVEN-PORT
+// reserves the next port, and the RTCP allocation from another socket of
+// the same client host gets it with the RESERVATION-TOKEN (RFC 8656
+// section 7.2), although the listeners sharing the port have separate
+// allocation state: the listener is chosen by the client's address.
+func TestReservationAcrossListeners(t *testing.T) {
+	s := startLoopback(t, nil, false, func(c *Config) { c.UDPListeners = 4 })
+	for i := range 8 {
+		rtp := client(t, s, "udp4", "alice")
+		resp, err := rtp.do(stun.MethodAllocate, rawAttr(stun.AttrRequestedTransport, []byte{17, 0, 0, 0}),
+			rawAttr(stun.AttrEvenPort, []byte{0x80}))
+		if err != nil || errorCodeOf(resp) != 0 {
+			t.Fatalf("pair %d: RTP allocation with EVEN-PORT: %v %d", i, err, errorCodeOf(resp))
+		}
+		token, err := resp.Get(stun.AttrReservationToken)
+		if err != nil {
+			t.Fatalf("pair %d: no RESERVATION-TOKEN: %v", i, err)
+		}
+		var relayed stun.XORMappedAddress
+		relayed.GetFromAs(resp, stun.AttrXORRelayedAddress)
+		rtcp := client(t, s, "udp4", "alice")
+		resp, err = rtcp.do(stun.MethodAllocate, rawAttr(stun.AttrRequestedTransport, []byte{17, 0, 0, 0}),
+			rawAttr(stun.AttrReservationToken, token))
+		if err != nil || errorCodeOf(resp) != 0 {
+			t.Fatalf("pair %d: RTCP allocation with the token: %v %d", i, err, errorCodeOf(resp))
+		}
+		var relayed2 stun.XORMappedAddress
+		relayed2.GetFromAs(resp, stun.AttrXORRelayedAddress)
+		if relayed.Port%2 != 0 || relayed2.Port != relayed.Port+1 {
+			t.Fatalf("pair %d: RTP on %d, RTCP on %d; want an even port and the next", i, relayed.Port, relayed2.Port)
+		}
+		for _, c := range []*rawClient{rtp, rtcp} {
+			c.do(stun.MethodRefresh, rawAttr(stun.AttrLifetime, []byte{0, 0, 0, 0}))
+		}
+	}
+}
