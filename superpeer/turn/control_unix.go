@@ -25,4 +25,3 @@ func reusePortControl(_, _ string, c syscall.RawConn) error {
 	}
 	return serr
 }
-

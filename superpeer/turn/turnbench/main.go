@@ -108,10 +108,10 @@ func server(args []string) error {
 type Result struct {
 	Server       string  `json:"server"`
 	Allocations  int     `json:"allocations"`
-	OfferedPPS   float64 `json:"offered_pps"`   // packets the client sent a second
-	RelayedPPS   float64 `json:"relayed_pps"`   // relayed packets a second, both directions
-	Loss         float64 `json:"loss"`          // fraction of sent packets that never came back
-	ServerCPU    float64 `json:"server_cpu"`    // server CPU seconds over the window
+	OfferedPPS   float64 `json:"offered_pps"` // packets the client sent a second
+	RelayedPPS   float64 `json:"relayed_pps"` // relayed packets a second, both directions
+	Loss         float64 `json:"loss"`        // fraction of sent packets that never came back
+	ServerCPU    float64 `json:"server_cpu"`  // server CPU seconds over the window
 	CPUPerPacket float64 `json:"cpu_per_packet_us"`
 	RTTp50       float64 `json:"rtt_p50_us"`
 	RTTp99       float64 `json:"rtt_p99_us"`
