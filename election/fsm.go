@@ -1,6 +1,7 @@
 package election
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -287,13 +288,57 @@ type FSM struct {
 	mu       sync.RWMutex // guards following
 	state    *SiteState
 	onChange func(Change)
+	// advanced is closed and replaced whenever state.Index moves.
+	advanced chan struct{}
 }
 
 // NewFSM returns an FSM over an empty state. onChange, if not nil, is
 // called after each applied command, outside the lock, on Raft's goroutine:
 // it must not block.
 func NewFSM(onChange func(Change)) *FSM {
-	return &FSM{state: NewSiteState(), onChange: onChange}
+	return &FSM{state: NewSiteState(), onChange: onChange, advanced: make(chan struct{})}
+}
+
+// Index is the index of the last log entry the FSM has seen (a command or
+// a configuration change; Raft's no-op and barrier entries never reach it).
+func (f *FSM) Index() uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.state.Index
+}
+
+// WaitIndex waits until the FSM has seen index or ctx ends.
+func (f *FSM) WaitIndex(ctx context.Context, index uint64) error {
+	for {
+		f.mu.RLock()
+		at, ch := f.state.Index, f.advanced
+		f.mu.RUnlock()
+		if at >= index {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("waiting to apply index %d (at %d): %w", index, at, ctx.Err())
+		}
+	}
+}
+
+// advanceLocked wakes waiters; f.mu is held for writing.
+func (f *FSM) advanceLocked() {
+	close(f.advanced)
+	f.advanced = make(chan struct{})
+}
+
+// StoreConfiguration implements raft.ConfigurationStore: a membership
+// change counts as seen, so that waiting for an index that is one ends.
+func (f *FSM) StoreConfiguration(index uint64, _ raft.Configuration) {
+	f.mu.Lock()
+	if index > f.state.Index {
+		f.state.Index = index
+		f.advanceLocked()
+	}
+	f.mu.Unlock()
 }
 
 // Apply implements raft.FSM.
@@ -305,11 +350,13 @@ func (f *FSM) Apply(l *raft.Log) any {
 	if err != nil {
 		f.mu.Lock()
 		f.state.Index = l.Index
+		f.advanceLocked()
 		f.mu.Unlock()
 		return ApplyResult{Index: l.Index, Err: err}
 	}
 	f.mu.Lock()
 	res, ch := f.state.Apply(l.Index, cmd)
+	f.advanceLocked()
 	f.mu.Unlock()
 	if f.onChange != nil && res.Err == nil {
 		f.onChange(ch)
@@ -350,6 +397,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	}
 	f.mu.Lock()
 	f.state = s
+	f.advanceLocked()
 	f.mu.Unlock()
 	if f.onChange != nil {
 		f.onChange(Change{Index: s.Index, Op: "restore", Superpeers: true, Members: true})

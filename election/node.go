@@ -32,6 +32,7 @@ type Node struct {
 
 	fsm   *FSM
 	raft  *raft.Raft
+	logs  raft.LogStore
 	trans *raft.NetworkTransport
 	group *groupListener
 	rpc   *rpcClient
@@ -144,6 +145,7 @@ func (n *Node) open(ctx context.Context) error {
 		}
 	}
 
+	n.logs = logs
 	n.fsm = NewFSM(n.onApply)
 	n.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		ServerAddressProvider: addrProvider{n},
@@ -790,7 +792,7 @@ func (n *Node) readIndex(ctx context.Context) (uint64, error) {
 		var err error
 		if n.raft.State() == raft.Leader {
 			if err = n.raft.VerifyLeader().Error(); err == nil {
-				idx = n.raft.CommitIndex()
+				idx = n.stateIndex(n.raft.CommitIndex())
 			}
 		} else if addr, _ := n.raft.LeaderWithID(); addr != "" {
 			err = n.rpc.call(ctx, string(addr), rpcReadIndex, struct{}{}, &idx)
@@ -808,17 +810,25 @@ func (n *Node) readIndex(ctx context.Context) (uint64, error) {
 	}
 }
 
-// waitApplied waits until this node has applied idx. It polls Raft's
-// applied index, the only measure that also counts configuration entries.
+// waitApplied waits until this node's FSM has seen idx.
 func (n *Node) waitApplied(ctx context.Context, idx uint64) error {
-	for n.raft.AppliedIndex() < idx {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("waiting to apply index %d (at %d): %w", idx, n.raft.AppliedIndex(), ctx.Err())
-		case <-time.After(2 * time.Millisecond):
+	return n.fsm.WaitIndex(ctx, idx)
+}
+
+// stateIndex returns the index of the last entry at or below commit that
+// reaches the FSM (skipping Raft's no-op and barrier entries): what a
+// reader must wait for to see everything committed up to commit.
+func (n *Node) stateIndex(commit uint64) uint64 {
+	var l raft.Log
+	for i := commit; i > 0 && commit-i < 64; i-- {
+		if err := n.logs.GetLog(i, &l); err != nil {
+			break
+		}
+		if l.Type == raft.LogCommand || l.Type == raft.LogConfiguration {
+			return i
 		}
 	}
-	return nil
+	return min(commit, n.fsm.Index())
 }
 
 // Barrier returns once this node's state includes every write committed
@@ -924,7 +934,7 @@ func (n *Node) handleReadIndex(ctx context.Context, _ json.RawMessage) (any, err
 	if err := n.raft.VerifyLeader().Error(); err != nil {
 		return nil, n.notLeader()
 	}
-	return n.raft.CommitIndex(), nil
+	return n.stateIndex(n.raft.CommitIndex()), nil
 }
 
 // markAway commits that member id has shut down gracefully: no leader
