@@ -31,6 +31,9 @@ const (
 const (
 	DefaultGroupPort      = 5071
 	DefaultMulticastGroup = "239.255.50.71"
+	// DefaultAnnounceGroup is where announcements go: an administratively
+	// scoped IPv4 group (RFC 2365), never routed off the site.
+	DefaultAnnounceGroup = "239.255.50.71:5071"
 )
 
 // Config is everything a Node needs. Every knob has a default in
@@ -74,9 +77,12 @@ type Config struct {
 	// Discovery announces this peer and reports the others. Nil means
 	// multicast announcements on Net (MulticastGroup, the group port).
 	Discovery Discovery
-	// MulticastGroup is the IPv4 group of the announcements when
-	// Discovery is nil.
+	// MulticastGroup is the IPv4 group and UDP port of the announcements
+	// when Discovery is nil.
 	MulticastGroup string
+	// DNSSD advertises the peer (and, on superpeers, SIP, STUN and TURN)
+	// by multicast DNS and DNS-SD, and lists what it browses in Discover.
+	DNSSD bool
 
 	// SuperpeerCount is k, how many superpeers the leader commits. The
 	// site configuration may override it.
@@ -137,7 +143,8 @@ func DefaultConfig() Config {
 	return Config{
 		Role:           RoleFull,
 		BindAddr:       fmt.Sprintf("0.0.0.0:%d", DefaultGroupPort),
-		MulticastGroup: DefaultMulticastGroup,
+		MulticastGroup: DefaultAnnounceGroup,
+		DNSSD:          true,
 
 		SuperpeerCount: 2,
 		// One device-class step (router 300 vs board 250 is 50) does not
@@ -216,8 +223,9 @@ func (c *Config) Validate() error {
 		}
 	}
 	if c.Discovery == nil {
-		if ip := net.ParseIP(c.MulticastGroup); ip == nil || ip.To4() == nil || !ip.IsMulticast() {
-			return bad("MulticastGroup", "%q is not an IPv4 multicast address", c.MulticastGroup)
+		host, _, err := net.SplitHostPort(c.MulticastGroup)
+		if ip := net.ParseIP(host); err != nil || ip == nil || ip.To4() == nil || !ip.IsMulticast() {
+			return bad("MulticastGroup", "%q is not an IPv4 multicast address and port", c.MulticastGroup)
 		}
 	}
 	if c.SuperpeerCount < 1 {

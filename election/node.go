@@ -37,6 +37,7 @@ type Node struct {
 	group *groupListener
 	rpc   *rpcClient
 	disc  Discovery
+	sd    *DNSSD // nil when DNS-SD is off or unavailable
 	bolt  *BoltStore
 
 	ctx      context.Context
@@ -184,9 +185,8 @@ func (n *Node) open(ctx context.Context) error {
 
 	n.disc = cfg.Discovery
 	if n.disc == nil {
-		_, port, _ := net.SplitHostPort(n.Addr())
 		n.disc, err = NewMulticastDiscovery(ctx, cfg.NodeID, MulticastConfig{
-			Group:    net.JoinHostPort(cfg.MulticastGroup, port),
+			Group:    cfg.MulticastGroup,
 			Interval: cfg.AnnounceInterval,
 			Secret:   cfg.Secret,
 			Net:      cfg.Net,
@@ -195,6 +195,15 @@ func (n *Node) open(ctx context.Context) error {
 		})
 		if err != nil {
 			return err
+		}
+	}
+	if cfg.DNSSD {
+		ip := n.group.advertise.(*net.TCPAddr).IP
+		n.sd, err = NewDNSSD(ctx, DNSSDConfig{Self: cfg.NodeID, IP: ip, Net: cfg.Net, Clock: cfg.Clock, Logger: n.log})
+		if err != nil {
+			// The group does not need it; softphones lose a way to find us.
+			n.log.Warn("DNS-SD unavailable; advertising by multicast announcements only", "err", err)
+			n.sd = nil
 		}
 	}
 	n.announce()
@@ -287,6 +296,9 @@ func (n *Node) announce() {
 		a.Superpeer = n.Superpeers().Contains(n.id)
 	}
 	n.disc.Announce(a)
+	if n.sd != nil {
+		n.sd.Update(a)
+	}
 }
 
 // controlLoop runs the bootstrap rule, joining, and the leader's
@@ -1161,6 +1173,9 @@ func (n *Node) stop() error {
 func (n *Node) closeResources() {
 	if n.disc != nil {
 		n.disc.Close()
+	}
+	if n.sd != nil {
+		n.sd.Close()
 	}
 	if n.rpc != nil {
 		n.rpc.close()

@@ -172,6 +172,7 @@ func (s *testSite) config(id string, role Role, c Capability, persistent bool) C
 	cfg.Clock = s.clock
 	cfg.Logger = testLogger(s.t).With("test_node", id)
 	cfg.BindAddr = "127.0.0.1:0"
+	cfg.DNSSD = false
 	cfg.BootstrapWindow = 500 * time.Millisecond
 	cfg.AnnounceInterval = 100 * time.Millisecond
 	cfg.ReconcileInterval = 200 * time.Millisecond

@@ -113,7 +113,13 @@ func (n *Node) Status() Status {
 }
 
 // Discover returns what this node hears on the LAN (`superpeer
-// discover`): peers of this site and, unverified, of others.
+// discover`): peers of this site (verified by their announcements' HMAC),
+// peers of other sites and DNS-SD records (unverified), with their roles.
 func (n *Node) Discover() []Heard {
-	return n.disc.Peers()
+	out := n.disc.Peers()
+	if n.sd != nil {
+		out = append(out, n.sd.Peers()...)
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
 }
