@@ -152,19 +152,21 @@ func DefaultConfig() Config {
 		SuperpeerHysteresis: 150,
 		MaxVoters:           5,
 
-		// A LAN round trip is under a millisecond and a router's flash
-		// fsync takes tens: 500 ms leaves room for a busy router and
-		// elects in 0.5-1 s.
-		HeartbeatTimeout:   500 * time.Millisecond,
-		ElectionTimeout:    500 * time.Millisecond,
-		LeaderLeaseTimeout: 250 * time.Millisecond,
+		// A LAN round trip is under a millisecond, and followers answer
+		// heartbeats without touching flash: 300 ms leaves a busy router
+		// room and elects in 0.3-0.9 s (both followers must time out,
+		// each after 1-2 timeouts, before a vote succeeds).
+		HeartbeatTimeout:   300 * time.Millisecond,
+		ElectionTimeout:    300 * time.Millisecond,
+		LeaderLeaseTimeout: 150 * time.Millisecond,
 		CommitTimeout:      20 * time.Millisecond,
 		RPCTimeout:         2 * time.Second,
 		ApplyTimeout:       5 * time.Second,
 
-		// Raft heartbeats every ~50 ms at the timeout above: 250 ms is
-		// several failed heartbeats in a row, not one lost packet.
-		DownAfter:         250 * time.Millisecond,
+		// Raft heartbeats every ~30 ms at the timeout above and backs
+		// off after a failure: 200 ms is several failed heartbeats in a
+		// row, not one lost packet.
+		DownAfter:         200 * time.Millisecond,
 		DeadMemberGrace:   30 * time.Minute,
 		ReconcileInterval: 2 * time.Second,
 

@@ -63,6 +63,8 @@ type Node struct {
 	closing     bool
 	lastJoin    time.Time
 	readyTerm   uint64 // leader: the term whose earlier entries are applied here
+	following   string // the leader this node last followed
+	suspect     string // leader: the predecessor, gone silent before this election
 }
 
 // Start opens the group listener and the stores, starts Raft and begins
@@ -502,6 +504,13 @@ func (n *Node) observeLoop() {
 				_, already := n.failing[id]
 				if !already {
 					n.failing[id] = n.clock.Now()
+					if id == n.suspect {
+						// The previous leader went silent long enough for
+						// an election, and now refuses our heartbeat too:
+						// it has been down for an election timeout already.
+						n.failing[id] = n.clock.Now().Add(-n.cfg.DownAfter)
+						n.suspect = ""
+					}
 				}
 				n.mu.Unlock()
 				if !already {
@@ -520,6 +529,13 @@ func (n *Node) observeLoop() {
 				if d.LeaderID == raft.ServerID(n.id) {
 					// Liveness is the leader's own view; start afresh.
 					clear(n.failing)
+					n.suspect = ""
+					if n.following != n.id {
+						n.suspect = n.following
+					}
+				}
+				if d.LeaderID != "" {
+					n.following = string(d.LeaderID)
 				}
 				n.mu.Unlock()
 				n.log.Info("leader changed", "leader", d.LeaderID)
