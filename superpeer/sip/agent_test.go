@@ -1,0 +1,75 @@
+package sip
+
+import (
+	"context"
+	"net/netip"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/pion/transport/v5/stdnet"
+)
+
+// TestAgentFollowsFailover: bob's softphone uses the desktop agent as its
+// proxy and registers through superpeer sp1. sp1 dies; the agent now
+// forwards to sp2, and a new call to bob through sp2 reaches him without
+// bob registering again: sp2 finds his binding in the site's store and
+// reaches the agent's socket on the LAN directly.
+func TestAgentFollowsFailover(t *testing.T) {
+	store := NewMemBindings(nil)
+	sp1 := testServer(t, "sp1", "site.test", nil, Deps{Bindings: store}, nil)
+	sp2 := testServer(t, "sp2", "site.test", nil, Deps{Bindings: store}, nil)
+	var cur atomic.Pointer[netip.AddrPort]
+	set := func(ap netip.AddrPort) { cur.Store(&ap) }
+	set(sp1.addr("udp"))
+	n, err := stdnet.NewNet()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultAgentConfig()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.Local = netip.MustParseAddr("127.0.0.1")
+	cfg.Logger = testLogger()
+	agent, err := NewAgent(cfg, n, nil, func() (netip.AddrPort, bool) { return *cur.Load(), true })
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := agent.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer agent.Close()
+
+	bob := newPhone(t, "bob", agent.Addr(), "udp")
+	if res, err := bob.register(ctx, "sip:bob@site.test", 600, nil); err != nil || res.StatusCode != 200 {
+		t.Fatalf("REGISTER through the agent: %v %v", res, err)
+	}
+	alice := newPhone(t, "alice", sp1.addr("udp"), "udp")
+	sess, err := alice.call(ctx, "sip:bob@site.test")
+	if err != nil {
+		t.Fatalf("call to bob through sp1: %v", err)
+	}
+	sess.Bye(ctx)
+
+	sp1.Close()
+	set(sp2.addr("udp"))
+	alice2 := newPhone(t, "alice2", sp2.addr("udp"), "udp")
+	sess, err = alice2.call(ctx, "sip:bob@site.test")
+	if err != nil {
+		t.Fatalf("call to bob through sp2 after sp1 died: %v", err)
+	}
+	if err := sess.Bye(ctx); err != nil {
+		t.Fatalf("BYE: %v", err)
+	}
+	if bob.invites.Load() != 2 || bob.byes.Load() != 2 {
+		t.Errorf("bob saw %d INVITEs and %d BYEs, want 2 and 2", bob.invites.Load(), bob.byes.Load())
+	}
+	// bob's own requests now go to sp2 too.
+	if res, err := bob.register(ctx, "sip:bob@site.test", 600, nil); err != nil || res.StatusCode != 200 {
+		t.Fatalf("REGISTER through the agent after the failover: %v %v", res, err)
+	}
+	if sp2.Status().Proxy.Registers == 0 {
+		t.Errorf("the REGISTER after the failover did not reach sp2")
+	}
+}
