@@ -82,6 +82,7 @@ type phone struct {
 	dsc     *sipgo.DialogServerCache
 
 	answerSDP  []byte
+	offerSDP   []byte
 	rejectCode int
 	invites    atomic.Int32
 	byes       atomic.Int32
@@ -96,7 +97,7 @@ const testSDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\
 // proxy over network (udp or tcp).
 func newPhone(t *testing.T, user string, proxy netip.AddrPort, network string) *phone {
 	t.Helper()
-	p := &phone{t: t, user: user, proxy: proxy, network: network, answerSDP: []byte(testSDP), messages: make(chan *sip.Request, 16)}
+	p := &phone{t: t, user: user, proxy: proxy, network: network, answerSDP: []byte(testSDP), offerSDP: []byte(testSDP), messages: make(chan *sip.Request, 16)}
 	var err error
 	p.ua, err = sipgo.NewUA(sipgo.WithUserAgent(user), sipgo.WithUserAgentHostname("127.0.0.1"),
 		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(testLogger())),
@@ -228,7 +229,7 @@ func (p *phone) call(ctx context.Context, target string) (*sipgo.DialogClientSes
 	req.AppendHeader(p.route())
 	req.AppendHeader(p.contact.Clone())
 	req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
-	req.SetBody([]byte(testSDP))
+	req.SetBody(p.offerSDP)
 	if p.network == "tcp" {
 		req.SetTransport("TCP")
 	}
