@@ -1,6 +1,7 @@
 package overlay
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -136,6 +137,40 @@ func (n *Node) Connect(ctx context.Context, id NodeID) error {
 	if id == n.id {
 		return fmt.Errorf("connecting: %w: own ID", routing.ErrBadID)
 	}
+	n.mu.Lock()
+	s := n.sessions[id]
+	n.mu.Unlock()
+	if s != nil {
+		// A session is up already (transient, or given up as a link):
+		// ask over it.
+		if s.linked {
+			return nil
+		}
+		ctx, cancel := context.WithTimeout(ctx, n.cfg.HandshakeTimeout)
+		defer cancel()
+		if err := n.sendHello(s, true); err != nil {
+			return fmt.Errorf("connecting to %s: %w", id.Short(), err)
+		}
+		return n.awaitLinked(ctx, s)
+	}
+	n.mu.Lock()
+	_, answered := n.expected[id]
+	n.connecting[id]++
+	n.mu.Unlock()
+	if answered {
+		// id asked first and this node answered: its handshake is on the
+		// way; a second attempt would cross it.
+		ctx, cancel := context.WithTimeout(ctx, n.cfg.HandshakeTimeout)
+		defer cancel()
+		return n.awaitLink(ctx, id)
+	}
+	defer func() {
+		n.mu.Lock()
+		if n.connecting[id]--; n.connecting[id] <= 0 {
+			delete(n.connecting, id)
+		}
+		n.mu.Unlock()
+	}()
 	r, err := n.request(ctx, kindConnect, id, true, wire.Contacts([]wire.Contact{n.self()}), nil)
 	if err != nil {
 		return fmt.Errorf("connecting to %s: %w", id.Short(), err)
@@ -192,7 +227,7 @@ func (n *Node) dialAny(ctx context.Context, id NodeID, addrs []string, kind Path
 
 // awaitLinked waits until the far end answered the session's Hello.
 func (n *Node) awaitLinked(ctx context.Context, s *session) error {
-	return n.waitFor(ctx, func() bool { return s.linked || s.closed || s.answered }, func() error {
+	return n.waitFor(ctx, func() bool { return s.linked || s.closed || s.decided }, func() error {
 		if !s.linked {
 			return fmt.Errorf("link to %s refused", s.peer.Short())
 		}
@@ -309,7 +344,10 @@ func (n *Node) viaRelay(ctx context.Context, id NodeID, relay wire.Contact) erro
 			return fmt.Errorf("connecting to %s through relay %s: %w", id.Short(), relay.ID.Short(), err)
 		}
 	}
-	p := n.relayPipe(rs, id)
+	p, fresh := n.relayPipe(rs, id)
+	if !fresh {
+		return fmt.Errorf("connecting to %s through relay %s: a relayed session is already being set up", id.Short(), relay.ID.Short())
+	}
 	s, err := n.handshake(ctx, p, true, &id, Relayed, rs.peer)
 	if err != nil {
 		return fmt.Errorf("connecting to %s through relay %s: %w", id.Short(), relay.ID.Short(), err)
@@ -334,12 +372,12 @@ func (n *Node) dialRelay(ctx context.Context, relay wire.Contact) (*session, err
 }
 
 // relayPipe returns the pipe for the relayed session to peer through rs.
-func (n *Node) relayPipe(rs *session, peer NodeID) *pipeConn {
+func (n *Node) relayPipe(rs *session, peer NodeID) (*pipeConn, bool) {
 	key := [2]NodeID{rs.peer, peer}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if p := n.relayed[key]; p != nil {
-		return p
+		return p, false
 	}
 	p := newPipeConn(relayAddr{via: rs.peer, peer: peer}, relayAddr{via: rs.peer, peer: peer}, func(b []byte) error {
 		return rs.send(&wire.Frame{Type: wire.TypeRelay, Relay: &wire.Relay{Peer: peer, Data: b}})
@@ -354,7 +392,7 @@ func (n *Node) relayPipe(rs *session, peer NodeID) *pipeConn {
 	}
 	n.relayed[key] = p
 	rs.carrying++
-	return p
+	return p, true
 }
 
 // handleRelay is a relayed datagram: for a session of ours through s, or
@@ -369,8 +407,10 @@ func (n *Node) handleRelay(s *session, r *wire.Relay) {
 	case p != nil:
 		p.deliver(r.Data)
 	case expected && kind == Relayed && len(r.Data) > 0 && r.Data[0] == 22:
-		p = n.relayPipe(s, r.Peer)
-		n.goAccept(p, Relayed, s.peer)
+		p, fresh := n.relayPipe(s, r.Peer)
+		if fresh {
+			n.goAccept(p, Relayed, s.peer)
+		}
 		p.deliver(r.Data)
 	case target != nil && target != s && len(r.Data) > 0 && r.Data[0] >= 20 && r.Data[0] <= 63:
 		// Relay role: only DTLS passes, so a relay carries nothing it
@@ -393,7 +433,10 @@ func (n *Node) answerConnect(m *wire.Forward) {
 	me := n.selfLocked()
 	answer := []wire.Contact{me}
 	method := methodRefused
-	if n.sessions[asker] == nil && n.table.Accepts(asker) {
+	// Two nodes connecting to each other at once would each run a DTLS
+	// client toward the other: the lower ID's attempt goes ahead.
+	crossing := n.connecting[asker] > 0 && lowerID(n.id, asker)
+	if !crossing && n.sessions[asker] == nil && n.table.Accepts(asker) {
 		switch {
 		case mine.Reachable():
 			method = methodDialMe
@@ -441,3 +484,6 @@ func (n *Node) answerConnect(m *wire.Forward) {
 		n.mu.Unlock()
 	}
 }
+
+// lowerID reports whether a sorts before b.
+func lowerID(a, b NodeID) bool { return bytes.Compare(a[:], b[:]) < 0 }

@@ -67,19 +67,20 @@ type Node struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu        sync.Mutex // guards following
-	table     *routing.Table
-	sessions  map[NodeID]*session
-	relayed   map[[2]NodeID]*pipeConn // (relay, peer) -> pipe, on both ends
-	pending   map[uint64]chan *wire.Reply
-	expected  map[NodeID]PathKind // accepted connects awaiting the handshake
-	punching  map[NodeID]chan net.Addr
-	observed  []string
-	published map[routing.ID]*dht.Record
-	onMessage func(from NodeID, payload []byte)
-	onRouted  func(key, from NodeID, payload []byte)
-	rnd       *rand.Rand
-	joining   bool
+	mu         sync.Mutex // guards following
+	table      *routing.Table
+	sessions   map[NodeID]*session
+	relayed    map[[2]NodeID]*pipeConn // (relay, peer) -> pipe, on both ends
+	pending    map[uint64]chan *wire.Reply
+	expected   map[NodeID]PathKind // accepted connects awaiting the handshake
+	punching   map[NodeID]chan net.Addr
+	connecting map[NodeID]int
+	observed   []string
+	published  map[routing.ID]*dht.Record
+	onMessage  func(from NodeID, payload []byte)
+	onRouted   func(key, from NodeID, payload []byte)
+	rnd        *rand.Rand
+	joining    bool
 }
 
 // New checks cfg, opens the overlay socket and starts the node; it then
@@ -105,14 +106,15 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		sock:  sock,
 		store: dht.NewStore(cfg.Store),
 		ctx:   nctx, cancel: cancel,
-		table:     routing.NewTable(id, cfg.Table),
-		sessions:  map[NodeID]*session{},
-		relayed:   map[[2]NodeID]*pipeConn{},
-		pending:   map[uint64]chan *wire.Reply{},
-		expected:  map[NodeID]PathKind{},
-		punching:  map[NodeID]chan net.Addr{},
-		published: map[routing.ID]*dht.Record{},
-		rnd:       rand.New(rand.NewPCG(binary.BigEndian.Uint64(id[:8]), uint64(time.Now().UnixNano()))),
+		table:      routing.NewTable(id, cfg.Table),
+		sessions:   map[NodeID]*session{},
+		relayed:    map[[2]NodeID]*pipeConn{},
+		pending:    map[uint64]chan *wire.Reply{},
+		expected:   map[NodeID]PathKind{},
+		punching:   map[NodeID]chan net.Addr{},
+		connecting: map[NodeID]int{},
+		published:  map[routing.ID]*dht.Record{},
+		rnd:        rand.New(rand.NewPCG(binary.BigEndian.Uint64(id[:8]), uint64(time.Now().UnixNano()))),
 	}
 	sock.onProbe = n.handleProbe
 	sock.onAccept = func(p *pipeConn) { n.goAccept(p, Direct, NodeID{}) }
@@ -135,6 +137,7 @@ func (n *Node) Addr() net.Addr { return n.sock.pc.LocalAddr() }
 
 // Close drops every link and stops the node.
 func (n *Node) Close() error {
+	n.cancel() // first: nothing may rejoin while the links go
 	n.mu.Lock()
 	ss := make([]*session, 0, len(n.sessions))
 	for _, s := range n.sessions {
@@ -145,7 +148,6 @@ func (n *Node) Close() error {
 		_ = s.send(&wire.Frame{Type: wire.TypeClose, Reason: "node closing"})
 		n.dropSession(s, "node closing")
 	}
-	n.cancel()
 	err := n.sock.pc.Close()
 	n.wg.Wait()
 	return err
@@ -229,12 +231,23 @@ func (n *Node) dial(ctx context.Context, addr net.Addr, expect *NodeID, kind Pat
 func (n *Node) startSession(s *session, wantLink bool) *session {
 	n.mu.Lock()
 	if old := n.sessions[s.peer]; old != nil && !old.closed {
+		// Both ends opened a session at once. Both keep the one whose
+		// client has the lower ID, so they agree without a word.
+		keepNew := !old.linked && s.client == lowerID(n.id, s.peer) && old.client != s.client
+		if !keepNew {
+			n.mu.Unlock()
+			_ = s.conn.Close()
+			return old
+		}
+		n.sessions[s.peer] = s
+		old.closed = true
 		n.mu.Unlock()
-		_ = s.conn.Close()
-		return old
+		_ = old.conn.Close()
+		_ = old.pipe.Close()
+	} else {
+		n.sessions[s.peer] = s
+		n.mu.Unlock()
 	}
-	n.sessions[s.peer] = s
-	n.mu.Unlock()
 	n.log.Debug("overlay: session up", "peer", s.peer.Short(), "remote", s.remote.String(), "path", s.kind.String())
 	n.wg.Add(1)
 	go func() { defer n.wg.Done(); s.readLoop() }()
@@ -248,6 +261,9 @@ func (n *Node) startSession(s *session, wantLink bool) *session {
 
 func (n *Node) sendHello(s *session, linked bool) error {
 	n.mu.Lock()
+	if linked && !s.linked {
+		s.requested, s.decided = true, false
+	}
 	h := &wire.Hello{Self: n.selfLocked(), Links: n.table.Links(), Linked: linked}
 	if _, ok := s.remote.(relayAddr); !ok {
 		h.Observed = s.remote.String()
@@ -336,13 +352,18 @@ func (n *Node) dropSession(s *session, why string) {
 		_ = p.Close()
 	}
 	if wasLink {
-		if p := n.cfg.Pinholes; p != nil {
-			p.LinkDown(s.peer)
-		}
-		n.log.Info("overlay: link down", "peer", s.peer.Short(), "path", s.kind.String(), "why", why)
-		n.advertise()
-		n.rejoinIfAlone()
+		n.linkLost(s, why)
 	}
+}
+
+// linkLost reports a link that is gone and repairs when it was the last.
+func (n *Node) linkLost(s *session, why string) {
+	if p := n.cfg.Pinholes; p != nil {
+		p.LinkDown(s.peer)
+	}
+	n.log.Info("overlay: link down", "peer", s.peer.Short(), "path", s.kind.String(), "why", why)
+	n.advertise()
+	n.rejoinIfAlone()
 }
 
 // rejoinIfAlone joins again at once when the last link went, rather than
@@ -409,7 +430,6 @@ func (n *Node) handleHello(s *session, h *wire.Hello) {
 	}
 	n.mu.Lock()
 	s.contact = h.Self
-	s.answered = true
 	if h.Observed != "" && !contains(n.observed, h.Observed) && !contains(n.cfg.Advertise, h.Observed) {
 		n.observed = append(n.observed, h.Observed)
 		if len(n.observed) > 2 {
@@ -417,20 +437,29 @@ func (n *Node) handleHello(s *session, h *wire.Hello) {
 		}
 	}
 	var victim *session
-	answer, established := false, false
+	answer, established, lost := false, false, false
 	switch {
+	case h.Linked && !s.linked && s.requested:
+		// The answer to our request: yes.
+		s.requested, s.decided = false, true
+		established, victim = n.linkLocked(s)
+		answer = !established // we could not keep it after all: say so
 	case h.Linked && !s.linked:
+		// A request: the table decides (or a connect we answered).
 		_, expected := n.expected[s.peer]
-		if s.client || expected || n.table.Accepts(s.peer) {
-			var ok bool
-			ok, victim = n.linkLocked(s)
-			established = ok
+		if expected || n.table.Accepts(s.peer) {
+			established, victim = n.linkLocked(s)
 		}
-		answer = !s.client
-	case !h.Linked && s.linked:
-		// The peer does not hold us as a link: neither do we.
-		n.table.Remove(s.peer)
-		s.linked = false
+		answer = true
+	case !h.Linked:
+		if s.requested {
+			s.requested, s.decided = false, true // refused
+		}
+		if s.linked {
+			// The peer does not hold us as a link: neither do we.
+			n.table.Remove(s.peer)
+			s.linked, lost = false, true
+		}
 	}
 	if s.linked {
 		n.table.SetPeerLinks(s.peer, h.Links)
@@ -441,6 +470,9 @@ func (n *Node) handleHello(s *session, h *wire.Hello) {
 	}
 	if established {
 		n.linkEstablished(s, victim)
+	}
+	if lost {
+		n.linkLost(s, "peer gave the link up")
 	}
 }
 

@@ -144,20 +144,23 @@ func ensureLink(t *testing.T, a, b *Node) LinkStatus {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	var ls LinkStatus
 	var lastErr error
-	waitUntil(t, 20*time.Second, fmt.Sprintf("no link %s -> %s (last error: %v)", a.ID().Short(), b.ID().Short(), lastErr), func() bool {
-		var ok bool
-		if ls, ok = linkOf(a, b.ID()); ok {
-			return true
+	for {
+		if ls, ok := linkOf(a, b.ID()); ok {
+			return ls
 		}
 		if err := a.Connect(ctx, b.ID()); err != nil {
 			lastErr = err
 		}
-		ls, ok = linkOf(a, b.ID())
-		return ok
-	})
-	return ls
+		if ls, ok := linkOf(a, b.ID()); ok {
+			return ls
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("no link %s -> %s after 20s; last error: %v", a.ID().Short(), b.ID().Short(), lastErr)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // TestSitesLinkAcrossNATs is the acceptance on a virtual network: a

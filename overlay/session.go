@@ -41,7 +41,8 @@ type session struct {
 	pingSent  time.Time
 	contact   wire.Contact
 	carrying  int  // relayed sessions that run through this one
-	answered  bool // a Hello arrived: for a client, the link decision
+	requested bool // we asked the peer to hold this session as a link
+	decided   bool // the peer answered our request
 	closed    bool
 }
 
