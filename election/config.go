@@ -160,8 +160,11 @@ func DefaultConfig() Config {
 		ElectionTimeout:    300 * time.Millisecond,
 		LeaderLeaseTimeout: 150 * time.Millisecond,
 		CommitTimeout:      20 * time.Millisecond,
-		RPCTimeout:         2 * time.Second,
-		ApplyTimeout:       5 * time.Second,
+		// A powered-off peer answers nothing: a heartbeat to it fails
+		// only at this deadline, so it bounds how soon a silent death is
+		// noticed. A busy router answers a LAN request well within it.
+		RPCTimeout:   time.Second,
+		ApplyTimeout: 5 * time.Second,
 
 		// Raft heartbeats every ~30 ms at the timeout above and backs
 		// off after a failure: 200 ms is several failed heartbeats in a

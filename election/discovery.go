@@ -273,20 +273,30 @@ type MulticastConfig struct {
 	Interval time.Duration
 	// Secret authenticates this site's announcements (HMAC-SHA256).
 	Secret *SiteSecret
-	Net    transport.Net
-	Clock  clock.Clock
-	Logger *slog.Logger
+	// Interfaces names the interfaces to announce and listen on; empty
+	// means every up, multicast-capable one. A router names its LAN side:
+	// announcements have no business on the WAN.
+	Interfaces []string
+	Net        transport.Net
+	Clock      clock.Clock
+	Logger     *slog.Logger
 }
 
 // MulticastDiscovery announces on an IPv4 multicast group, joined on every
-// up, multicast-capable interface of the Net. Each announcement carries an
-// HMAC under the site secret; announcements of other sites and forgeries
-// are listed as unverified and never acted upon.
+// up, multicast-capable interface of the Net (or those named), and also to
+// each of those interfaces' subnet broadcast address: switches with IGMP
+// snooping and no querier (common at home) stop forwarding multicast,
+// while every switch floods broadcast. Each announcement carries an HMAC
+// under the site secret; announcements of other sites and forgeries are
+// listed as unverified and never acted upon.
 type MulticastDiscovery struct {
-	cfg   MulticastConfig
-	group *net.UDPAddr
-	conn  net.PacketConn
-	table *heardTable
+	cfg    MulticastConfig
+	group  *net.UDPAddr
+	conn   net.PacketConn
+	pconn  *ipv4.PacketConn
+	ifaces []int          // indexes of the interfaces joined, announced on
+	bcast  []*net.UDPAddr // their directed broadcast addresses
+	table  *heardTable
 
 	mu     sync.Mutex // guards following
 	ann    *Announcement
@@ -327,25 +337,36 @@ func NewMulticastDiscovery(ctx context.Context, self string, cfg MulticastConfig
 		pc.Close()
 		return nil, fmt.Errorf("listing interfaces to join %s: %w", group.IP, err)
 	}
-	joined := 0
+	var joined []int
+	var bcast []*net.UDPAddr
 	var joinErr error
 	for _, ifc := range ifaces {
 		if ifc.Flags&net.FlagUp == 0 || ifc.Flags&net.FlagMulticast == 0 {
+			continue
+		}
+		if len(cfg.Interfaces) > 0 && !slices.Contains(cfg.Interfaces, ifc.Name) {
 			continue
 		}
 		if err := p.JoinGroup(&ifc.Interface, &net.UDPAddr{IP: group.IP}); err != nil {
 			joinErr = err
 			continue
 		}
-		joined++
+		joined = append(joined, ifc.Index)
+		if addrs, err := ifc.Addrs(); err == nil {
+			for _, a := range addrs {
+				if b := broadcastOf(a); b != nil {
+					bcast = append(bcast, &net.UDPAddr{IP: b, Port: group.Port})
+				}
+			}
+		}
 	}
-	if joined == 0 {
+	if len(joined) == 0 {
 		pc.Close()
-		return nil, fmt.Errorf("joining multicast group %s on no interface: %w", group.IP, errors.Join(joinErr, errors.New("no up multicast interface")))
+		return nil, fmt.Errorf("joining multicast group %s on no interface (of %v): %w", group.IP, cfg.Interfaces, errors.Join(joinErr, errors.New("no up multicast interface")))
 	}
 	_ = p.SetMulticastLoopback(true)
 	d := &MulticastDiscovery{
-		cfg: cfg, group: group, conn: pc,
+		cfg: cfg, group: group, conn: pc, pconn: p, ifaces: joined, bcast: bcast,
 		table: newHeardTable(self, 3*cfg.Interval, cfg.Clock),
 		done:  make(chan struct{}),
 	}
@@ -391,8 +412,15 @@ func (d *MulticastDiscovery) send(a Announcement) {
 	if err != nil {
 		return
 	}
-	if _, err := d.conn.WriteTo(msg, d.group); err != nil {
-		d.cfg.Logger.Debug("announcement not sent", "group", d.group, "err", err)
+	for _, idx := range d.ifaces {
+		if _, err := d.pconn.WriteTo(msg, &ipv4.ControlMessage{IfIndex: idx}, d.group); err != nil {
+			d.cfg.Logger.Debug("announcement not sent", "group", d.group, "interface", idx, "err", err)
+		}
+	}
+	for _, b := range d.bcast {
+		if _, err := d.conn.WriteTo(msg, b); err != nil {
+			d.cfg.Logger.Debug("announcement not broadcast", "to", b, "err", err)
+		}
 	}
 }
 
@@ -452,16 +480,39 @@ func (d *MulticastDiscovery) Close() error {
 }
 
 // reuseAddr lets several daemons on one host (tests, a desktop agent next
-// to a full daemon) share the announcement port.
+// to a full daemon) share the announcement port, and lets the socket send
+// to a broadcast address.
 func reuseAddr(network, address string, c syscall.RawConn) error {
 	var serr error
 	err := c.Control(func(fd uintptr) {
 		serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+		if serr == nil {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_BROADCAST, 1)
+		}
 	})
 	if err != nil {
 		return err
 	}
 	return serr
+}
+
+// broadcastOf returns the directed broadcast address of an IPv4 subnet
+// address, nil for anything else (IPv6, loopback, /31, /32).
+func broadcastOf(a net.Addr) net.IP {
+	ipn, ok := a.(*net.IPNet)
+	if !ok || ipn.IP.To4() == nil || ipn.IP.IsLoopback() {
+		return nil
+	}
+	ones, bits := ipn.Mask.Size()
+	if bits != 32 || ones > 30 {
+		return nil
+	}
+	ip, mask := ipn.IP.To4(), net.IP(ipn.Mask).To4()
+	b := make(net.IP, 4)
+	for i := range b {
+		b[i] = ip[i] | ^mask[i]
+	}
+	return b
 }
 
 // verifiedMembers filters what was heard down to this site's peers.

@@ -67,9 +67,12 @@ func TestDesktopAgentFollowsTheSuperpeers(t *testing.T) {
 	defer cancel()
 	w := agent.WatchSuperpeers(ctx)
 	var first SuperpeerSet
-	for first = range w {
-		if len(first.IDs) == 2 {
-			break // the agent may still be catching up on earlier sets
+	wait := time.After(10 * time.Second)
+	for len(first.IDs) != 2 { // the agent may still be catching up on earlier sets
+		select {
+		case first = <-w:
+		case <-wait:
+			t.Fatalf("the agent never saw two superpeers (last %v)", first.IDs)
 		}
 	}
 	if len(first.Members) != 2 || first.Members[0].Addr == "" {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/pion/transport/v5"
 
 	"github.com/superpeer/superpeer/nat/clock"
 )
@@ -64,7 +65,6 @@ type Node struct {
 	lastJoin    time.Time
 	readyTerm   uint64 // leader: the term whose earlier entries are applied here
 	following   string // the leader this node last followed
-	suspect     string // leader: the predecessor, gone silent before this election
 }
 
 // Start opens the group listener and the stores, starts Raft and begins
@@ -188,12 +188,13 @@ func (n *Node) open(ctx context.Context) error {
 	n.disc = cfg.Discovery
 	if n.disc == nil {
 		n.disc, err = NewMulticastDiscovery(ctx, cfg.NodeID, MulticastConfig{
-			Group:    cfg.MulticastGroup,
-			Interval: cfg.AnnounceInterval,
-			Secret:   cfg.Secret,
-			Net:      cfg.Net,
-			Clock:    cfg.Clock,
-			Logger:   n.log,
+			Group:      cfg.MulticastGroup,
+			Interfaces: lanInterface(cfg.Net, n.group.advertise.(*net.TCPAddr).IP),
+			Interval:   cfg.AnnounceInterval,
+			Secret:     cfg.Secret,
+			Net:        cfg.Net,
+			Clock:      cfg.Clock,
+			Logger:     n.log,
 		})
 		if err != nil {
 			return err
@@ -209,6 +210,28 @@ func (n *Node) open(ctx context.Context) error {
 		}
 	}
 	n.announce()
+	return nil
+}
+
+// lanInterface names the multicast-capable interface that holds ip (the
+// advertised group address): the LAN. Nil when there is none, which means
+// every interface.
+func lanInterface(n transport.Net, ip net.IP) []string {
+	ifaces, err := n.Interfaces()
+	if err != nil {
+		return nil
+	}
+	for _, ifc := range ifaces {
+		if ifc.Flags&net.FlagMulticast == 0 {
+			continue
+		}
+		addrs, _ := ifc.Addrs()
+		for _, a := range addrs {
+			if ipn, ok := a.(*net.IPNet); ok && ipn.IP.Equal(ip) {
+				return []string{ifc.Name}
+			}
+		}
+	}
 	return nil
 }
 
@@ -504,13 +527,6 @@ func (n *Node) observeLoop() {
 				_, already := n.failing[id]
 				if !already {
 					n.failing[id] = n.clock.Now()
-					if id == n.suspect {
-						// The previous leader went silent long enough for
-						// an election, and now refuses our heartbeat too:
-						// it has been down for an election timeout already.
-						n.failing[id] = n.clock.Now().Add(-n.cfg.DownAfter)
-						n.suspect = ""
-					}
 				}
 				n.mu.Unlock()
 				if !already {
@@ -529,9 +545,9 @@ func (n *Node) observeLoop() {
 				if d.LeaderID == raft.ServerID(n.id) {
 					// Liveness is the leader's own view; start afresh.
 					clear(n.failing)
-					n.suspect = ""
-					if n.following != n.id {
-						n.suspect = n.following
+					if prev := n.following; prev != "" && prev != n.id {
+						n.wg.Add(1)
+						go n.probePredecessor(prev)
 					}
 				}
 				if d.LeaderID != "" {
@@ -545,6 +561,34 @@ func (n *Node) observeLoop() {
 			}
 		}
 	}
+}
+
+// probePredecessor runs when this node has just won an election: the
+// previous leader went silent for an election timeout (or handed over on
+// shutdown). If it does not answer a request within 2*DownAfter either, it
+// counts as down from now, without waiting for DownAfter of failed
+// heartbeats, which for a powered-off device start only after a dial
+// timeout.
+func (n *Node) probePredecessor(id string) {
+	defer n.wg.Done()
+	var addr string
+	n.fsm.Read(func(s *SiteState) { addr = s.Members[id].Addr })
+	if addr == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, 2*n.cfg.DownAfter)
+	defer cancel()
+	err := n.rpc.call(ctx, addr, rpcPing, struct{}{}, nil)
+	if err == nil || n.ctx.Err() != nil || n.raft.State() != raft.Leader {
+		return
+	}
+	n.mu.Lock()
+	if since, ok := n.failing[id]; !ok || n.clock.Since(since) < n.cfg.DownAfter {
+		n.failing[id] = n.clock.Now().Add(-n.cfg.DownAfter)
+	}
+	n.mu.Unlock()
+	n.log.Info("the previous leader does not answer; counting it down", "member", id, "err", err)
+	n.poke()
 }
 
 // reconcile is the leader's work: liveness, removals, voters, the
@@ -882,6 +926,9 @@ func (n *Node) rpcHandlers() map[string]rpcHandler {
 		rpcReadIndex: n.handleReadIndex,
 		rpcRefresh:   n.handleRefresh,
 		rpcLeave:     n.handleLeave,
+		rpcPing: func(context.Context, json.RawMessage) (any, error) {
+			return struct{}{}, nil
+		},
 	}
 }
 

@@ -21,6 +21,7 @@ const (
 	rpcReadIndex = "read-index" // the leader's commit index after a leader check
 	rpcRefresh   = "refresh"    // hold registration refreshes in memory
 	rpcLeave     = "leave"      // a member is shutting down (leader)
+	rpcPing      = "ping"       // are you there
 
 	maxFrame = 4 << 20
 )
