@@ -56,3 +56,16 @@ lab:
 
 clean:
 	rm -rf bin dist
+
+.PHONY: firmware size
+
+# Release binaries for every board (firmware/cross.sh), the OpenWrt .ipk and
+# Debian .deb packages (nfpm), and the size report, all into dist/.
+firmware:
+	./firmware/build.sh dist
+
+# The flash budget, run by CI: fails when the mipsle binary exceeds 12 MB or
+# its .ipk 4 MB (SIZE_MAX_BINARY=, SIZE_MAX_IPK= set other limits; DIST= the
+# directory, dist by default).
+size:
+	./firmware/size.sh $(or $(DIST),dist)

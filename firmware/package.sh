@@ -64,6 +64,8 @@ build() { # kind binary arch
   deb) cfg=firmware/debian/nfpm.yaml ;;
   esac
   f=$out/superpeer_${PKG_VERSION}_$arch.$kind
+  # Packages of other versions for this architecture are stale.
+  find "$out" -maxdepth 1 -name "superpeer_*_$arch.$kind" ! -name "$(basename "$f")" -delete
   if ! log=$(PKG_ARCH=$arch BINARY=$out/superpeer-$bin nfpm package --config "$cfg" --packager "$kind" --target "$f" 2>&1); then
     echo "package.sh: nfpm failed for $name:" >&2
     echo "$log" >&2
