@@ -67,6 +67,10 @@ GO
   CGO_ENABLED=0 GOOS=linux GOARCH=mipsle GOMIPS=softfloat \
     go build -trimpath -gcflags=-dwarf=true -ldflags "-dumpdep -X github.com/superpeer/superpeer/superpeer.Version=$VERSION" \
     -o "$full" ./cmd/superpeer 2>"$tmp/dumpdep"
+  # Which of the project's parts the daemon links yet: the figures grow as
+  # they are wired in, and make size watches the budget meanwhile.
+  local linked
+  linked=$(GOOS=linux GOARCH=mipsle go list -deps ./cmd/superpeer | sed -n 's|^github.com/superpeer/superpeer/||p' | tr '\n' ' ')
   base=$(stat -c %s "$tmp/nethttp")
   bin=$(stat -c %s "$mipsle")
   pkg=$(stat -c %s "$ipk")
@@ -78,6 +82,7 @@ GO
 \`make firmware\` ($(go version | cut -d' ' -f3), $(date -u +%Y-%m-%d), version $VERSION):
 static (\`CGO_ENABLED=0\`), \`-trimpath\`, stripped (\`-s -w\`). MB is 10^6 bytes.
 \`make size\` fails when the mipsle binary exceeds 12 MB or its .ipk 4 MB.
+The project's packages in the daemon at this version: ${linked% }.
 
 $(sizes table "$out"/superpeer-linux-* "$out"/superpeer_"${PKG_VERSION}"_*.ipk "$out"/superpeer_"${PKG_VERSION}"_*.deb)
 
