@@ -84,6 +84,8 @@ type phone struct {
 	answerSDP  []byte
 	offerSDP   []byte
 	rejectCode int
+	ringOnly   bool // ring until cancelled
+	cancels    atomic.Int32
 	invites    atomic.Int32
 	byes       atomic.Int32
 	messages   chan *sip.Request
@@ -153,6 +155,11 @@ func newPhone(t *testing.T, user string, proxy netip.AddrPort, network string) *
 			return
 		}
 		d.Respond(180, "Ringing", nil)
+		if p.ringOnly {
+			tx.OnCancel(func(*sip.Request) { p.cancels.Add(1) })
+			<-tx.Done()
+			return
+		}
 		d.RespondSDP(p.answerSDP)
 		<-tx.Done()
 	})

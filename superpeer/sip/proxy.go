@@ -24,8 +24,6 @@ func (s *Server) handleRequest(req *sip.Request, tx sip.ServerTransaction) {
 	fixVia(req, src)
 	if isOverlayAddr(src.Addr()) {
 		s.pstats.fromOverlay.Add(1)
-	} else if !s.transportGuarded(req) {
-		return
 	}
 	if code, reason, extra := s.checkSemantics(req); code != 0 {
 		s.reply(tx, req, code, reason, extra...)
@@ -40,7 +38,12 @@ func (s *Server) handleRequest(req *sip.Request, tx sip.ServerTransaction) {
 		s.reply(tx, req, 481, "Call/Transaction Does Not Exist")
 		return
 	case sip.REGISTER:
-		if s.isLocalDomain(req.Recipient.Host) && req.Route() == nil {
+		if req.Route() == nil {
+			if !s.isLocalDomain(req.Recipient.Host) {
+				// No other registrar exists to forward it to.
+				s.reply(tx, req, 403, "Not Our Domain")
+				return
+			}
 			s.register(req, tx, src)
 			return
 		}
@@ -52,12 +55,6 @@ func (s *Server) handleRequest(req *sip.Request, tx sip.ServerTransaction) {
 		}
 	}
 	s.proxy(req, tx, src)
-}
-
-// transportGuarded applies the flood limit to requests over streams (UDP
-// requests were counted before parsing).
-func (s *Server) transportGuarded(req *sip.Request) bool {
-	return true
 }
 
 // checkSemantics rejects what parses but must not be processed: unknown

@@ -283,7 +283,7 @@ func (s *Server) account(aor string) *Account {
 // itself when it returns false.
 func (s *Server) authorize(req *sip.Request, tx sip.ServerTransaction, aor string, src netip.AddrPort) bool {
 	acct := s.account(aor)
-	lan := s.inLAN(src.Addr()) || src.Addr().IsLoopback()
+	lan := s.inLAN(src.Addr())
 	if acct == nil && s.cfg.Auth == AuthLANOpen && lan {
 		return true
 	}
