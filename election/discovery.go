@@ -290,13 +290,10 @@ type MulticastConfig struct {
 // under the site secret; announcements of other sites and forgeries are
 // listed as unverified and never acted upon.
 type MulticastDiscovery struct {
-	cfg    MulticastConfig
-	group  *net.UDPAddr
-	conn   net.PacketConn
-	pconn  *ipv4.PacketConn
-	ifaces []int          // indexes of the interfaces joined, announced on
-	bcast  []*net.UDPAddr // their directed broadcast addresses
-	table  *heardTable
+	cfg   MulticastConfig
+	sock  *lanSocket
+	table *heardTable
+	pairs *pairingTable
 
 	mu     sync.Mutex // guards following
 	ann    *Announcement
@@ -307,71 +304,138 @@ type MulticastDiscovery struct {
 	wg   sync.WaitGroup
 }
 
-type wireAnnouncement struct {
-	A   json.RawMessage `json:"a"`
-	MAC []byte          `json:"mac"`
+// wireMessage is one datagram on the announcement port: an announcement
+// (A, authenticated by MAC), or a pairing request or offer.
+type wireMessage struct {
+	A     json.RawMessage `json:"a,omitempty"`
+	MAC   []byte          `json:"mac,omitempty"`
+	Pair  *pairRequest    `json:"pair,omitempty"`
+	Offer *pairOffer      `json:"offer,omitempty"`
 }
 
-// NewMulticastDiscovery joins the group and starts listening. self is this
-// peer's node ID (its own announcements are not reported).
-func NewMulticastDiscovery(ctx context.Context, self string, cfg MulticastConfig) (*MulticastDiscovery, error) {
-	if cfg.Net == nil {
+// lanSocket is the UDP socket of the announcement port: joined to the
+// multicast group on the chosen interfaces, able to broadcast.
+type lanSocket struct {
+	group  *net.UDPAddr
+	conn   net.PacketConn
+	pconn  *ipv4.PacketConn
+	ifaces []int          // indexes of the interfaces joined, announced on
+	bcast  []*net.UDPAddr // their directed broadcast addresses
+	log    *slog.Logger
+}
+
+func openLANSocket(ctx context.Context, n transport.Net, groupAddr string, names []string, log *slog.Logger) (*lanSocket, error) {
+	if n == nil {
 		return nil, errNoNet
 	}
-	cfg.Clock = clock.OrReal(cfg.Clock)
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
-	group, err := net.ResolveUDPAddr("udp4", cfg.Group)
+	group, err := net.ResolveUDPAddr("udp4", groupAddr)
 	if err != nil || !group.IP.IsMulticast() {
-		return nil, fmt.Errorf("multicast group %q is not an IPv4 multicast address and port", cfg.Group)
+		return nil, fmt.Errorf("multicast group %q is not an IPv4 multicast address and port", groupAddr)
 	}
-	lc := cfg.Net.CreateListenConfig(&net.ListenConfig{Control: reuseAddr})
+	lc := n.CreateListenConfig(&net.ListenConfig{Control: reuseAddr})
 	pc, err := lc.ListenPacket(ctx, "udp4", fmt.Sprintf("0.0.0.0:%d", group.Port))
 	if err != nil {
 		return nil, fmt.Errorf("listening for announcements on UDP %d: %w", group.Port, err)
 	}
 	p := ipv4.NewPacketConn(pc)
-	ifaces, err := cfg.Net.Interfaces()
+	ifaces, err := n.Interfaces()
 	if err != nil {
 		pc.Close()
 		return nil, fmt.Errorf("listing interfaces to join %s: %w", group.IP, err)
 	}
-	var joined []int
-	var bcast []*net.UDPAddr
+	s := &lanSocket{group: group, conn: pc, pconn: p, log: log}
 	var joinErr error
 	for _, ifc := range ifaces {
 		if ifc.Flags&net.FlagUp == 0 || ifc.Flags&net.FlagMulticast == 0 {
 			continue
 		}
-		if len(cfg.Interfaces) > 0 && !slices.Contains(cfg.Interfaces, ifc.Name) {
+		if len(names) > 0 && !slices.Contains(names, ifc.Name) {
 			continue
 		}
 		if err := p.JoinGroup(&ifc.Interface, &net.UDPAddr{IP: group.IP}); err != nil {
 			joinErr = err
 			continue
 		}
-		joined = append(joined, ifc.Index)
+		s.ifaces = append(s.ifaces, ifc.Index)
 		if addrs, err := ifc.Addrs(); err == nil {
 			for _, a := range addrs {
 				if b := broadcastOf(a); b != nil {
-					bcast = append(bcast, &net.UDPAddr{IP: b, Port: group.Port})
+					s.bcast = append(s.bcast, &net.UDPAddr{IP: b, Port: group.Port})
 				}
 			}
 		}
 	}
-	if len(joined) == 0 {
+	if len(s.ifaces) == 0 {
 		pc.Close()
-		return nil, fmt.Errorf("joining multicast group %s on no interface (of %v): %w", group.IP, cfg.Interfaces, errors.Join(joinErr, errors.New("no up multicast interface")))
+		return nil, fmt.Errorf("joining multicast group %s on no interface (of %v): %w", group.IP, names, errors.Join(joinErr, errors.New("no up multicast interface")))
 	}
 	_ = p.SetMulticastLoopback(true)
+	return s, nil
+}
+
+// send multicasts msg on every joined interface and broadcasts it on
+// their subnets.
+func (s *lanSocket) send(msg []byte) {
+	for _, idx := range s.ifaces {
+		if _, err := s.pconn.WriteTo(msg, &ipv4.ControlMessage{IfIndex: idx}, s.group); err != nil {
+			s.log.Debug("announcement not sent", "group", s.group, "interface", idx, "err", err)
+		}
+	}
+	for _, b := range s.bcast {
+		if _, err := s.conn.WriteTo(msg, b); err != nil {
+			s.log.Debug("announcement not broadcast", "to", b, "err", err)
+		}
+	}
+}
+
+// readLoop hands every datagram to fn until the socket closes.
+func (s *lanSocket) readLoop(done <-chan struct{}, fn func(w wireMessage, from net.Addr)) {
+	buf := make([]byte, 2048)
+	for {
+		n, from, err := s.conn.ReadFrom(buf)
+		if err != nil {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			s.log.Warn("announcement listener stopped", "err", err)
+			return
+		}
+		var w wireMessage
+		if json.Unmarshal(buf[:n], &w) != nil {
+			continue
+		}
+		fn(w, from)
+	}
+}
+
+// NewMulticastDiscovery joins the group and starts listening. self is this
+// peer's node ID (its own announcements are not reported).
+func NewMulticastDiscovery(ctx context.Context, self string, cfg MulticastConfig) (*MulticastDiscovery, error) {
+	cfg.Clock = clock.OrReal(cfg.Clock)
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	sock, err := openLANSocket(ctx, cfg.Net, cfg.Group, cfg.Interfaces, cfg.Logger)
+	if err != nil {
+		return nil, err
+	}
 	d := &MulticastDiscovery{
-		cfg: cfg, group: group, conn: pc, pconn: p, ifaces: joined, bcast: bcast,
+		cfg: cfg, sock: sock,
 		table: newHeardTable(self, 3*cfg.Interval, cfg.Clock),
+		pairs: newPairingTable(cfg.Clock, 3*cfg.Interval+pairingInterval),
 		done:  make(chan struct{}),
 	}
 	d.wg.Add(1)
-	go d.readLoop()
+	go func() {
+		defer d.wg.Done()
+		d.sock.readLoop(d.done, d.receive)
+	}()
 	return d, nil
 }
 
@@ -408,47 +472,21 @@ func (d *MulticastDiscovery) send(a Announcement) {
 	if err != nil {
 		return
 	}
-	msg, err := json.Marshal(wireAnnouncement{A: body, MAC: d.cfg.Secret.mac(body)})
+	msg, err := json.Marshal(wireMessage{A: body, MAC: d.cfg.Secret.mac(body)})
 	if err != nil {
 		return
 	}
-	for _, idx := range d.ifaces {
-		if _, err := d.pconn.WriteTo(msg, &ipv4.ControlMessage{IfIndex: idx}, d.group); err != nil {
-			d.cfg.Logger.Debug("announcement not sent", "group", d.group, "interface", idx, "err", err)
-		}
-	}
-	for _, b := range d.bcast {
-		if _, err := d.conn.WriteTo(msg, b); err != nil {
-			d.cfg.Logger.Debug("announcement not broadcast", "to", b, "err", err)
-		}
-	}
+	d.sock.send(msg)
 }
 
-func (d *MulticastDiscovery) readLoop() {
-	defer d.wg.Done()
-	buf := make([]byte, 2048)
-	for {
-		n, from, err := d.conn.ReadFrom(buf)
-		if err != nil {
-			select {
-			case <-d.done:
-				return
-			default:
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			d.cfg.Logger.Warn("announcement listener stopped", "err", err)
-			return
-		}
-		var w wireAnnouncement
-		if json.Unmarshal(buf[:n], &w) != nil {
-			continue
-		}
+func (d *MulticastDiscovery) receive(w wireMessage, from net.Addr) {
+	switch {
+	case w.Pair != nil:
+		d.pairs.add(*w.Pair, from)
+	case w.A != nil:
 		var a Announcement
 		if json.Unmarshal(w.A, &a) != nil {
-			continue
+			return
 		}
 		verified := a.Site == d.cfg.Secret.SiteID() && hmac.Equal(w.MAC, d.cfg.Secret.mac(w.A))
 		d.table.add(Heard{Announcement: a, From: from.String(), Verified: verified, Source: "multicast"})
@@ -474,7 +512,7 @@ func (d *MulticastDiscovery) Close() error {
 	}
 	d.mu.Unlock()
 	close(d.done)
-	err := d.conn.Close()
+	err := d.sock.conn.Close()
 	d.wg.Wait()
 	return err
 }

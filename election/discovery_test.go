@@ -2,10 +2,13 @@ package election
 
 import (
 	"context"
+	"crypto/ecdh"
+	crand "crypto/rand"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -57,7 +60,7 @@ func TestMulticastAnnouncementsAreAuthenticated(t *testing.T) {
 	x.Announce(Announcement{Site: other.SiteID(), ID: "x", Addr: "192.0.2.66:5071", Role: RoleFull, State: StateMember})
 	// A forgery: the site's ID, a member's name, no valid MAC.
 	forged, _ := json.Marshal(Announcement{Site: site.SiteID(), ID: "a", Addr: "192.0.2.66:5071", State: StateMember})
-	msg, _ := json.Marshal(wireAnnouncement{A: forged, MAC: make([]byte, 16)})
+	msg, _ := json.Marshal(wireMessage{A: forged, MAC: make([]byte, 16)})
 	conn, err := net.ListenUDP("udp4", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -226,5 +229,83 @@ func TestSiteFormsOverMulticastAnnouncements(t *testing.T) {
 		if h.Source == "multicast" && !h.Verified {
 			t.Errorf("a site peer's announcement is not verified: %+v", h)
 		}
+	}
+}
+
+func TestOperatorApprovedPairing(t *testing.T) {
+	port := 20000 + rand.IntN(20000)
+	site, _ := NewSiteSecret()
+	member := multicastOrSkip(t, "member", site, port)
+	n, _ := stdnet.NewNet()
+
+	codes := make(chan string, 1)
+	result := make(chan *SiteSecret, 1)
+	errs := make(chan error, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	go func() {
+		s, err := Pair(ctx, PairConfig{ID: "newcomer", Group: fmt.Sprintf("%s:%d", DefaultMulticastGroup, port), Net: n, Logger: testLogger(t)},
+			func(code string) { codes <- code })
+		if err != nil {
+			errs <- err
+			return
+		}
+		result <- s
+	}()
+	code := <-codes
+
+	// Until the operator approves, nothing is given away; a wrong code
+	// approves nobody.
+	eventually(t, 10*time.Second, func() (bool, string) {
+		for _, r := range member.PairingRequests() {
+			if r.ID == "newcomer" && r.Code == code {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("the member hears requests %+v", member.PairingRequests())
+	})
+	if _, err := member.approve("AAAAA-AAAAA", site); err == nil {
+		t.Fatal("approved a code nobody shows")
+	}
+	select {
+	case s := <-result:
+		t.Fatalf("the newcomer got a secret (%s) before approval", s.SiteID())
+	default:
+	}
+	if _, err := member.approve(strings.ToLower(code), site); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case s := <-result:
+		if s.SiteID() != site.SiteID() {
+			t.Errorf("the newcomer got site %s, want %s", s.SiteID(), site.SiteID())
+		}
+	case err := <-errs:
+		t.Fatal(err)
+	case <-ctx.Done():
+		t.Fatal("the newcomer never received the approved secret")
+	}
+}
+
+func TestPairingOfferOpensOnlyForItsKey(t *testing.T) {
+	site, _ := NewSiteSecret()
+	newcomer, _ := ecdh.X25519().GenerateKey(crand.Reader)
+	eavesdropper, _ := ecdh.X25519().GenerateKey(crand.Reader)
+	offer, err := sealOffer(site, pairRequest{ID: "n1", Pub: newcomer.PublicKey().Bytes()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := openOffer(newcomer, "n1", offer)
+	if err != nil || got.SiteID() != site.SiteID() {
+		t.Fatalf("the newcomer could not open its offer: %v", err)
+	}
+	if _, err := openOffer(eavesdropper, "n1", offer); err == nil {
+		t.Error("another key opened the offer")
+	}
+	if _, err := openOffer(newcomer, "n2", offer); err == nil {
+		t.Error("an offer for one ID opened under another")
+	}
+	if PairingCode(newcomer.PublicKey().Bytes()) == PairingCode(eavesdropper.PublicKey().Bytes()) {
+		t.Error("two keys show the same code")
 	}
 }
