@@ -48,6 +48,10 @@ type Config struct {
 	// Capability is what this device offers; Score ranks it. Update it
 	// while running with Node.SetCapability.
 	Capability Capability
+	// Services are where this peer serves SIP, STUN and TURN (replicated
+	// with its member record; advertised by DNS-SD while a superpeer).
+	// Update them while running with Node.SetServices.
+	Services Services
 	// Secret is the site secret (see OpenSecret). Required: it keys the
 	// mutual TLS of the group and authenticates announcements.
 	Secret *SiteSecret

@@ -62,7 +62,8 @@ type Heard struct {
 
 // Discovery announces this peer on the LAN and reports the peers it hears.
 type Discovery interface {
-	// Announce replaces this peer's announcement and sends it at once.
+	// Announce replaces this peer's announcement; a changed one is sent
+	// at once, and it is repeated periodically.
 	Announce(a Announcement)
 	// Peers returns what was heard recently, other than this peer.
 	Peers() []Heard
@@ -446,12 +447,15 @@ func (d *MulticastDiscovery) Announce(a Announcement) {
 		d.mu.Unlock()
 		return
 	}
+	changed := d.ann == nil || *d.ann != a
 	d.ann = &a
 	if d.timer == nil {
 		d.timer = d.cfg.Clock.AfterFunc(d.cfg.Interval, d.tick)
 	}
 	d.mu.Unlock()
-	d.send(a)
+	if changed {
+		d.send(a) // news goes out at once, the rest on the period
+	}
 }
 
 func (d *MulticastDiscovery) tick() {

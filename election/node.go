@@ -87,6 +87,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		kick:       make(chan struct{}, 1),
 		obsCh:      make(chan raft.Observation, 64),
 		capability: cfg.Capability,
+		services:   cfg.Services,
 		failing:    map[string]time.Time{},
 		watches:    newWatchHub(),
 	}
@@ -826,11 +827,11 @@ func (n *Node) Apply(ctx context.Context, cmd Command) (ApplyResult, error) {
 		switch {
 		case err == nil:
 			return res, nil
-		case errors.As(err, &re):
-			return res, fmt.Errorf("committing %s: %w", cmd.Op, err)
 		case errors.Is(err, ErrNoBinding), errors.Is(err, ErrBadCommand), errors.Is(err, ErrUnknownMember):
 			return res, err
-		case errors.As(err, &nl), isTransient(err):
+		case errors.As(err, &nl), errors.As(err, &re), isTransient(err):
+			// No leader, it moved, or it failed to commit (it may be
+			// stepping down): ask again.
 		default:
 			return res, err
 		}

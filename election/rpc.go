@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"time"
 )
@@ -179,7 +180,7 @@ func (r *rpcClient) call(ctx context.Context, addr, method string, req, resp any
 		case ans.Err != "":
 			re := &RemoteError{Addr: addr, Msg: ans.Err}
 			for _, e := range commandErrors {
-				if len(ans.Err) >= len(e.Error()) && ans.Err[:len(e.Error())] == e.Error() {
+				if strings.HasPrefix(ans.Err, e.Error()) {
 					re.err = e
 				}
 			}
