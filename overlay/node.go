@@ -313,8 +313,11 @@ func (n *Node) linkLocked(s *session) (ok bool, victim *session) {
 
 func (n *Node) linkEstablished(s *session, victim *session) {
 	if victim != nil {
-		_ = victim.send(&wire.Frame{Type: wire.TypeClose, Reason: "replaced by a link that fills a gap"})
-		n.dropSession(victim, "replaced")
+		// The link given up stays a transient session: the far end keeps
+		// a way into the overlay while it finds a replacement, and both
+		// ends let it idle out.
+		_ = n.sendHello(victim, false)
+		n.linkLost(victim, "replaced by a link that fills a gap")
 	}
 	if p := n.cfg.Pinholes; p != nil {
 		p.LinkUp(s.peer, n.sock.pc.LocalAddr(), s.remote, s.kind)
@@ -449,6 +452,16 @@ func (n *Node) handleHello(s *session, h *wire.Hello) {
 		_, expected := n.expected[s.peer]
 		if expected || n.table.Accepts(s.peer) {
 			established, victim = n.linkLocked(s)
+		} else if len(h.Links) == 0 && !n.table.Has(s.peer) {
+			// The asker has no link at all: make room for it.
+			if v, ok := n.table.EvictForOrphan(); ok {
+				n.table.Remove(v)
+				if victim = n.sessions[v]; victim != nil {
+					victim.linked = false
+				}
+				established = n.table.Add(s.peer) == nil
+				s.linked = established
+			}
 		}
 		answer = true
 	case !h.Linked:

@@ -232,6 +232,21 @@ func (t *Table) Evict(c ID) (ID, bool) {
 	return ID{}, false
 }
 
+// EvictForOrphan returns the link to give up so that a node with no links
+// at all can have one here, when the table is full and would otherwise
+// refuse it: a redundant link first, else the link of the shallowest
+// bucket outside the close set. A node left without links is worse for
+// the overlay than any gap.
+func (t *Table) EvictForOrphan() (ID, bool) {
+	if v, ok := t.evictRedundant(); ok {
+		return v, true
+	}
+	if len(t.links) > t.cfg.Close {
+		return t.links[len(t.links)-1].id, true
+	}
+	return ID{}, false
+}
+
 // evictRedundant returns the farthest link of the most crowded bucket
 // outside the close set, if a bucket holds more than one link.
 func (t *Table) evictRedundant() (ID, bool) {

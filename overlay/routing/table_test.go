@@ -129,3 +129,27 @@ func TestNextHopEndsAtRoot(t *testing.T) {
 		}
 	}
 }
+
+func TestOrphanGetsRoomButNotTheCloseSet(t *testing.T) {
+	var self ID
+	tb := NewTable(self, Config{Degree: 3, Close: 1})
+	near, mid, far := ID{0, 1}, ID{0x20}, ID{0x80}
+	for _, c := range []ID{near, mid, far} {
+		if err := tb.Add(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	orphan := ID{0x81}
+	if tb.Accepts(orphan) {
+		t.Fatal("full table accepts a node that fills nothing")
+	}
+	v, ok := tb.EvictForOrphan()
+	if !ok || v != far {
+		t.Fatalf("room for an orphan: gives up %s, %v; want the shallowest link %s", v.Short(), ok, far.Short())
+	}
+	small := NewTable(self, Config{Degree: 2, Close: 1})
+	_ = small.Add(near)
+	if _, ok := small.EvictForOrphan(); ok {
+		t.Fatal("gave up the close set for an orphan")
+	}
+}
