@@ -32,6 +32,10 @@ type Config struct {
 	// about 40-50 kpps. 1 opens a single plain socket (pion's vnet cannot
 	// share a port).
 	UDPListeners int
+	// UDPReadBuffer is the receive buffer asked for each UDP client
+	// listener (SO_RCVBUF, capped by the kernel's rmem_max): every
+	// client's packets queue there while the read loop is busy.
+	UDPReadBuffer int
 	// TCP opens TCP client listeners and allows RFC 6062 TCP relays.
 	TCP bool
 	// MaxTCPConnections bounds concurrent TCP client connections; more are
@@ -160,6 +164,7 @@ func DefaultConfig() Config {
 		Realm:                    "superpeer",
 		Port:                     DefaultPort,
 		UDPListeners:             min(runtime.GOMAXPROCS(0), 8),
+		UDPReadBuffer:            1 << 20,
 		TCP:                      true,
 		MaxTCPConnections:        256,
 		TCPAuthTimeout:           10 * time.Second,
@@ -197,6 +202,9 @@ func (c *Config) Validate() error {
 	}
 	if c.UDPListeners < 1 || c.UDPListeners > 64 {
 		bad("UDPListeners %d: want 1 to 64", c.UDPListeners)
+	}
+	if c.UDPReadBuffer < 0 || c.UDPReadBuffer > 64<<20 {
+		bad("UDPReadBuffer %d: want 0 (the kernel's default) to 64 MiB", c.UDPReadBuffer)
 	}
 	if c.TCP {
 		if c.MaxTCPConnections < 1 {

@@ -221,12 +221,20 @@ func responseMethod(b []byte) (stun.Method, bool) {
 // guardedPacketConn is a UDP client listener as pion sees it.
 type guardedPacketConn struct {
 	net.PacketConn
-	g guard
+	g     guard
+	batch *batchReader // nil: read one datagram a call
 }
 
 func (c *guardedPacketConn) ReadFrom(p []byte) (int, net.Addr, error) {
 	for {
-		n, src, err := c.PacketConn.ReadFrom(p)
+		var n int
+		var src net.Addr
+		var err error
+		if c.batch != nil {
+			n, src, err = c.batch.ReadFrom(p)
+		} else {
+			n, src, err = c.PacketConn.ReadFrom(p)
+		}
 		if err != nil {
 			return n, src, err
 		}

@@ -178,7 +178,8 @@ func (p *PeerPolicy) allowsExactly(a netip.Addr) bool {
 // IPv4 address embedded in a by a transition mechanism a host or network
 // on the path might honour:
 //
-//   - IPv4-compatible ::a.b.c.d (RFC 4291, deprecated; also :: and ::1)
+//   - IPv4-compatible ::a.b.c.d (RFC 4291, deprecated; :: and ::1 are
+//     themselves, refused as IPv6)
 //   - IPv4-translated ::ffff:0:a.b.c.d (RFC 2765)
 //   - 6to4 2002:AABB:CCDD::/48 (RFC 3056)
 //   - NAT64 well-known prefix 64:ff9b::/96 and local-use 64:ff9b:1::/48
@@ -210,8 +211,8 @@ func Canonical(a netip.Addr) []netip.Addr {
 		return true
 	}
 	switch {
-	case zero(0, 12):
-		out = append(out, v4(12, 13, 14, 15)) // ::a.b.c.d
+	case zero(0, 12) && (b[12] != 0 || b[13] != 0 || b[14] != 0 || b[15] > 1):
+		out = append(out, v4(12, 13, 14, 15)) // ::a.b.c.d, but not :: and ::1
 	case zero(0, 8) && b[8] == 0xff && b[9] == 0xff && b[10] == 0 && b[11] == 0:
 		out = append(out, v4(12, 13, 14, 15)) // ::ffff:0:a.b.c.d
 	case b[0] == 0x20 && b[1] == 0x02:

@@ -233,6 +233,11 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		if err != nil {
 			return err
 		}
+		for _, c := range cs {
+			if u, ok := c.(*net.UDPConn); ok && s.cfg.UDPReadBuffer > 0 {
+				u.SetReadBuffer(s.cfg.UDPReadBuffer) // best effort: the kernel caps it
+			}
+		}
 		conns = append(conns, cs...)
 		local := cs[0].LocalAddr()
 		s.udpAddrs = append(s.udpAddrs, addrPortOf(local))
@@ -241,7 +246,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		}
 		for _, c := range cs {
 			pcs = append(pcs, turn.PacketConnConfig{
-				PacketConn:            &guardedPacketConn{PacketConn: c, g: guard{s: s, local: local}},
+				PacketConn:            &guardedPacketConn{PacketConn: c, g: guard{s: s, local: local}, batch: newBatchReader(c)},
 				RelayAddressGenerator: &generator{s: s, listen: a},
 				PermissionHandler:     s.permissionHandler(local),
 			})

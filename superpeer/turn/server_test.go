@@ -517,3 +517,143 @@ func TestReservationAcrossListeners(t *testing.T) {
 		}
 	}
 }
+
+// TestPermissionCap: an allocation holds permissions for at most
+// PermissionsPerAllocation peer addresses; refreshing one it holds still
+// works at the cap, and a ChannelBind to a new address is refused too.
+func TestPermissionCap(t *testing.T) {
+	s := startLoopback(t, nil, false, func(c *Config) {
+		c.AllowPeers = []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}
+		c.PermissionsPerAllocation = 3
+	})
+	c := client(t, s, "udp4", "alice")
+	if _, code := c.allocate(17, 0); code != 0 {
+		t.Fatalf("allocate: %d", code)
+	}
+	peer := func(i int) netip.AddrPort { return netip.AddrPortFrom(netip.AddrFrom4([4]byte{203, 0, 113, byte(i)}), 4000) }
+	for i := 1; i <= 3; i++ {
+		if code := c.peerRequest(stun.MethodCreatePermission, peer(i)); code != 0 {
+			t.Fatalf("permission %d: %d", i, code)
+		}
+	}
+	if code := c.peerRequest(stun.MethodCreatePermission, peer(4)); code != stun.CodeForbidden {
+		t.Fatalf("a fourth peer with a cap of 3: got %d, want 403", code)
+	}
+	if code := c.peerRequest(stun.MethodChannelBind, peer(5)); code != stun.CodeForbidden {
+		t.Fatalf("a channel to a fifth peer: got %d, want 403", code)
+	}
+	if code := c.peerRequest(stun.MethodCreatePermission, peer(2)); code != 0 {
+		t.Fatalf("refreshing a permission held at the cap: %d", code)
+	}
+	if code := c.peerRequest(stun.MethodChannelBind, peer(1)); code != 0 {
+		t.Fatalf("a channel to a permitted peer at the cap: %d", code)
+	}
+	st := s.Status()
+	if st.Permissions != 3 || st.Channels != 1 || st.Refusals[ReasonPermissionCap] != 2 {
+		t.Fatalf("status: %d permissions, %d channels, %d cap refusals; want 3, 1, 2", st.Permissions, st.Channels, st.Refusals[ReasonPermissionCap])
+	}
+}
+
+// TestIPv6Relay relays between an IPv6 client and an IPv6 peer (on ::1,
+// the superpeer's own address, unlocked by an exact allow).
+func TestIPv6Relay(t *testing.T) {
+	if !hasIPv6Loopback() {
+		t.Skip("no IPv6 loopback on this host")
+	}
+	peer, err := net.ListenPacket("udp6", "[::1]:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	s := startLoopback(t, nil, true, func(c *Config) { c.AllowPeers = []netip.Prefix{netip.MustParsePrefix("::1/128")} })
+	c := client(t, s, "udp6", "alice")
+	relayed, code := c.allocate(17, 2)
+	if code != 0 || !relayed.Addr().Is6() {
+		t.Fatalf("IPv6 allocation: %v %d", relayed, code)
+	}
+	pa := addrPortOf(peer.LocalAddr())
+	if code := c.peerRequest(stun.MethodCreatePermission, pa); code != 0 {
+		t.Fatalf("CreatePermission to %v: %d", pa, code)
+	}
+	c.send(pa, []byte("over v6"))
+	data, from, err := readFrom(peer, 3*time.Second)
+	if err != nil || string(data) != "over v6" || from != relayed {
+		t.Fatalf("peer got %q from %v (%v), want it from %v", data, from, err, relayed)
+	}
+}
+
+// TestTCPClientLimits: a TCP client that never allocates is dropped after
+// TCPAuthTimeout, and connections beyond MaxTCPConnections are closed at
+// once.
+func TestTCPClientLimits(t *testing.T) {
+	s := startLoopback(t, nil, false, func(c *Config) {
+		c.TCPAuthTimeout = 300 * time.Millisecond
+		c.MaxTCPConnections = 2
+	})
+	addr := s.TCPAddrs()[0].String()
+	var conns []net.Conn
+	for range 3 {
+		c, err := net.Dial("tcp4", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns = append(conns, c)
+	}
+	// The third is closed at once: its read ends well before the others'.
+	conns[2].SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := conns[2].Read(make([]byte, 1)); err == nil || isTimeout(err) {
+		t.Fatalf("the connection over the limit stayed open: %v", err)
+	}
+	for i, c := range conns[:2] {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil || isTimeout(err) {
+			t.Fatalf("connection %d without an allocation was not closed after TCPAuthTimeout: %v", i, err)
+		}
+	}
+	if n := s.Status().Refusals[ReasonTCPConnections]; n != 1 {
+		t.Fatalf("tcp_connections refusals: %d, want 1", n)
+	}
+}
+
+func isTimeout(err error) bool {
+	ne, ok := err.(net.Error)
+	return ok && ne.Timeout()
+}
+
+func TestConfigValidate(t *testing.T) {
+	good := DefaultConfig()
+	good.Secret = func() []byte { return testSecret }
+	if err := good.Validate(); err != nil {
+		t.Fatalf("the default config with a secret: %v", err)
+	}
+	cases := []struct {
+		name string
+		edit func(*Config)
+		want string
+	}{
+		{"no secret", func(c *Config) { c.Secret = nil }, "Secret"},
+		{"empty realm", func(c *Config) { c.Realm = "" }, "Realm"},
+		{"unspecified listen", func(c *Config) { c.Listen = []netip.Addr{netip.IPv4Unspecified()} }, "Listen"},
+		{"no listeners", func(c *Config) { c.UDPListeners = 0 }, "UDPListeners"},
+		{"port range upside down", func(c *Config) { c.RelayPortMin, c.RelayPortMax = 60000, 50000 }, "relay ports"},
+		{"negative quota", func(c *Config) { c.UserQuota = -1 }, "quotas"},
+		{"no permissions", func(c *Config) { c.PermissionsPerAllocation = 0 }, "PermissionsPerAllocation"},
+		{"credentials forever", func(c *Config) { c.MaxCredentialLifetime = 365 * 24 * time.Hour }, "MaxCredentialLifetime"},
+		{"allocation lifetime over RFC", func(c *Config) { c.AllocationLifetime = 2 * time.Hour }, "AllocationLifetime"},
+		{"zero 401 rate", func(c *Config) { c.UnauthorizedRate = 0 }, "401"},
+		{"bad allow prefix", func(c *Config) { c.AllowPeers = []netip.Prefix{{}} }, "prefix"},
+		{"STUN server without port", func(c *Config) { c.STUNServer = netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), 0) }, "STUNServer"},
+	}
+	for _, tc := range cases {
+		c := good
+		tc.edit(&c)
+		err := c.Validate()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error about %s", tc.name, err, tc.want)
+		}
+		if _, err := New(c, nil, nil); err == nil {
+			t.Errorf("%s: New accepted it", tc.name)
+		}
+	}
+}

@@ -4,6 +4,8 @@
 //
 //	turnbench server -listen 127.0.0.1 -port 3478 -secret S -allow 127.0.0.2/32
 //	turnbench client -server 127.0.0.1:3478 -secret S -peer 127.0.0.2 -allocs 200 -rate 10000 -pid PID
+//	turnbench ping -server 127.0.0.1:3478
+//	turnbench report -coturn "4.6.1" < results.jsonl
 //
 // The client makes -allocs UDP allocations with TURN REST credentials,
 // binds a channel on each towards one echoing peer socket, and sends
@@ -28,6 +30,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -44,7 +47,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: turnbench server|client [flags]")
+		fmt.Fprintln(os.Stderr, "usage: turnbench server|client|ping|report [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -53,6 +56,10 @@ func main() {
 		err = server(os.Args[2:])
 	case "client":
 		err = client(os.Args[2:])
+	case "ping":
+		err = ping(os.Args[2:])
+	case "report":
+		err = report(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown mode %q", os.Args[1])
 	}
@@ -72,7 +79,16 @@ func server(args []string) error {
 	realm := fs.String("realm", "superpeer", "realm")
 	allow := fs.String("allow", "", "comma-separated peer ranges to allow")
 	listeners := fs.Int("udp-listeners", 0, "UDP listeners sharing the port (0: the default, GOMAXPROCS)")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the whole run here")
 	fs.Parse(args)
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			return err
+		}
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
 
 	cfg := turn.DefaultConfig()
 	cfg.Listen = []netip.Addr{netip.MustParseAddr(*listen)}
@@ -109,7 +125,7 @@ type Result struct {
 	Server       string  `json:"server"`
 	Allocations  int     `json:"allocations"`
 	OfferedPPS   float64 `json:"offered_pps"` // packets the client sent a second
-	RelayedPPS   float64 `json:"relayed_pps"` // relayed packets a second, both directions
+	RelayedPPS   float64 `json:"relayed_pps"` // packets a second that crossed the relay, both directions
 	Loss         float64 `json:"loss"`        // fraction of sent packets that never came back
 	ServerCPU    float64 `json:"server_cpu"`  // server CPU seconds over the window
 	CPUPerPacket float64 `json:"cpu_per_packet_us"`
@@ -148,11 +164,14 @@ func client(args []string) error {
 		return err
 	}
 	defer peer.Close()
+	peer.(*net.UDPConn).SetReadBuffer(4 << 20)
 	peerAddr := peer.LocalAddr().(*net.UDPAddr).AddrPort()
-	go echo(peer)
+	var atPeer atomic.Uint64
+	go echo(peer, &atPeer)
 
 	server := netip.MustParseAddrPort(*serverAddr)
 	conns := make([]*net.UDPConn, *allocs)
+	txns := make([]*txn, *allocs)
 	for i := range conns {
 		dst := server
 		if *direct {
@@ -166,7 +185,7 @@ func client(args []string) error {
 		c.SetReadBuffer(1 << 20)
 		conns[i] = c
 		if !*direct {
-			if err := setup(c, *secret, fmt.Sprintf("bench-%d", i), peerAddr); err != nil {
+			if txns[i], err = setup(c, *secret, fmt.Sprintf("bench-%d", i), peerAddr); err != nil {
 				return fmt.Errorf("allocation %d: %w", i, err)
 			}
 		}
@@ -258,8 +277,14 @@ func client(args []string) error {
 	}
 	cpu1, self1 = procCPU(*pid), procCPU(os.Getpid())
 	winSecs := time.Since(start).Seconds() - warmup.Seconds()
-	// Let the last packets come back, then stop the readers.
+	// Let the last packets come back, then stop the readers and free the
+	// allocations (Refresh with lifetime 0; answers are not awaited).
 	time.Sleep(200 * time.Millisecond)
+	for _, t := range txns {
+		if t != nil {
+			t.release()
+		}
+	}
 	for _, c := range conns {
 		c.Close()
 	}
@@ -283,9 +308,9 @@ func client(args []string) error {
 	if sentMeasured > 0 {
 		res.Loss = 1 - float64(got)/float64(sentMeasured)
 	}
-	// Each returned packet was relayed twice; a lost one at least once
-	// (not counted).
-	relayed := 2 * float64(got)
+	// Relayed: what reached the peer through the relay plus what came back
+	// through it.
+	relayed := float64(atPeer.Load() + got)
 	if *direct {
 		relayed = 0
 	}
@@ -300,8 +325,9 @@ func client(args []string) error {
 	return json.NewEncoder(os.Stdout).Encode(res)
 }
 
-// echo sends every datagram back where it came from, many at a time.
-func echo(c net.PacketConn) {
+// echo sends every datagram back where it came from, many at a time, and
+// counts the stamped (measured) ones.
+func echo(c net.PacketConn, stamped *atomic.Uint64) {
 	pc := ipv4.NewPacketConn(c)
 	msgs := make([]ipv4.Message, 64)
 	for i := range msgs {
@@ -314,7 +340,11 @@ func echo(c net.PacketConn) {
 			return
 		}
 		for i := range n {
-			out[i] = ipv4.Message{Buffers: [][]byte{msgs[i].Buffers[0][:msgs[i].N]}, Addr: msgs[i].Addr}
+			p := msgs[i].Buffers[0][:msgs[i].N]
+			out[i] = ipv4.Message{Buffers: [][]byte{p}, Addr: msgs[i].Addr}
+			if len(p) >= stampBytes && binary.BigEndian.Uint64(p[12:20]) != 0 {
+				stamped.Add(1)
+			}
 		}
 		for k := 0; k < n; {
 			w, err := pc.WriteBatch(out[k:n], 0)
@@ -328,22 +358,32 @@ func echo(c net.PacketConn) {
 
 // setup allocates on c with REST credentials for user and binds the
 // channel towards peer.
-func setup(c *net.UDPConn, secret, user string, peer netip.AddrPort) error {
+func setup(c *net.UDPConn, secret, user string, peer netip.AddrPort) (*txn, error) {
 	username, password, err := turn.MintCredentials([]byte(secret), user, time.Now().Add(time.Hour))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	t := &txn{c: c, user: username, pass: password}
 	transport := rawAttr{stun.AttrRequestedTransport, []byte{17, 0, 0, 0}}
 	lifetime := rawAttr{stun.AttrLifetime, []byte{0, 0, 0x0e, 0x10}} // an hour
 	if _, err := t.do(stun.MethodAllocate, transport, lifetime); err != nil {
-		return err
+		return nil, err
 	}
 	xp := &stun.XORMappedAddress{IP: peer.Addr().AsSlice(), Port: int(peer.Port())}
 	if _, err := t.do(stun.MethodChannelBind, peerAttr{xp}, rawAttr{stun.AttrChannelNumber, []byte{0x40, 0, 0, 0}}); err != nil {
-		return err
+		return nil, err
 	}
-	return nil
+	return t, nil
+}
+
+// release deletes the allocation without waiting for the answer.
+func (t *txn) release() {
+	req, err := stun.Build(stun.TransactionID, stun.NewType(stun.MethodRefresh, stun.ClassRequest),
+		rawAttr{stun.AttrLifetime, []byte{0, 0, 0, 0}}, stun.NewUsername(t.user), stun.NewRealm(t.realm),
+		stun.NewNonce(t.nonce), stun.NewLongTermIntegrity(t.user, t.realm, t.pass))
+	if err == nil {
+		t.c.Write(req.Raw)
+	}
 }
 
 type txn struct {

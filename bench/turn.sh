@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# bench/turn.sh: Superpeer's TURN relay against coturn's turnserver.
+#
+# The same client (superpeer/turn/turnbench) with the same packet schedule
+# makes ALLOCS UDP allocations with TURN REST credentials on each server in
+# turn, binds a channel on each towards one echoing peer, and sends
+# 172-byte ChannelData (G.711, 20 ms) round robin over them:
+#   light: LIGHT packets/s per direction (200 allocations x 50 pps: RTP),
+#   heavy: HEAVY packets/s per direction (beyond what one core relays).
+# Every packet crosses the relay twice (to the peer and back). Each server
+# runs pinned to one CPU and the client to another (when there are two),
+# on loopback; coturn is Debian's default build started with an empty
+# config file. The script records relayed packets/s, server CPU per
+# relayed packet (/proc/PID/stat) and round-trip latency, interleaves the
+# servers run by run, takes medians of RUNS runs, and replaces the
+# "## TURN relay" section of docs/BENCHMARKS.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RUNS=${RUNS:-5}
+ALLOCS=${ALLOCS:-200}
+LIGHT=${LIGHT:-10000}
+HEAVY=${HEAVY:-60000}
+DURATION=${DURATION:-6s}
+SECRET=bench-secret-$$
+
+for tool in turnserver taskset ss; do
+  if ! command -v "$tool" >/dev/null; then
+    echo "bench/turn.sh: $tool not installed (Debian coturn, util-linux, iproute2); skipped" >&2
+    exit 0
+  fi
+done
+
+tmp=$(mktemp -d)
+pid=
+cleanup() {
+  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+go build -o "$tmp/turnbench" ./superpeer/turn/turnbench
+: > "$tmp/empty.conf"
+
+if [ "$(nproc)" -ge 2 ]; then srv_cpu=1; cli_cpu=0; else srv_cpu=0; cli_cpu=0; fi
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+port=34780
+
+start_server() { # $1: superpeer or coturn
+  port=$((port + 1))
+  case $1 in
+  superpeer)
+    taskset -c "$srv_cpu" "$tmp/turnbench" server -listen 127.0.0.1 -port "$port" -secret "$SECRET" \
+      -allow 127.0.0.2/32 > "$tmp/server.log" 2>&1 &
+    ;;
+  coturn)
+    taskset -c "$srv_cpu" turnserver -c "$tmp/empty.conf" --use-auth-secret --static-auth-secret "$SECRET" \
+      --realm superpeer -L 127.0.0.1 --relay-ip 127.0.0.1 --listening-port "$port" --allow-loopback-peers \
+      --no-cli --no-tls --no-dtls --log-file "$tmp/coturn.log" --simple-log --pidfile "$tmp/coturn.pid" \
+      > "$tmp/server.log" 2>&1 &
+    ;;
+  esac
+  pid=$!
+  if ! "$tmp/turnbench" ping -server "127.0.0.1:$port"; then
+    cat "$tmp/server.log" >&2
+    exit 1
+  fi
+}
+
+stop_server() {
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+  pid=
+}
+
+results=$tmp/results.jsonl
+for run in $(seq "$RUNS"); do
+  for load in light heavy; do
+    rate=$LIGHT
+    [ "$load" = heavy ] && rate=$HEAVY
+    for server in superpeer coturn; do
+      start_server "$server"
+      taskset -c "$cli_cpu" "$tmp/turnbench" client -server "127.0.0.1:$port" -secret "$SECRET" \
+        -peer 127.0.0.2 -allocs "$ALLOCS" -rate "$rate" -duration "$DURATION" -pid "$pid" \
+        -label "$server/$load" | tee -a "$results"
+      stop_server
+    done
+  done
+  taskset -c "$cli_cpu" "$tmp/turnbench" client -direct -peer 127.0.0.2 -allocs "$ALLOCS" -rate "$LIGHT" \
+    -duration "$DURATION" -label direct/light | tee -a "$results"
+done
+
+coturn_version=$(turnserver --version 2>/dev/null | head -n1)
+table=$("$tmp/turnbench" report -coturn "$coturn_version" < "$results")
+echo "$table"
+
+{
+  echo "## TURN relay"
+  echo
+  echo "\`bench/turn.sh\` (run by \`make bench\`; RUNS=$RUNS, $ALLOCS allocations, ${DURATION} windows), $(date -u +%Y-%m-%d),"
+  echo "$(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), load average before: $load_before."
+  echo "Each server pinned to CPU $srv_cpu, the client and its echoing peer to CPU $cli_cpu, all on loopback;"
+  echo "the same client and packet schedule for both servers, runs interleaved. Superpeer runs with its shipped"
+  echo "defaults (peer policy, quotas, bandwidth cap, counters), coturn with an empty config file and the flags"
+  echo "the test needs (REST secret, loopback listener and peers). A relayed packet is one crossing of the relay;"
+  echo "each round trip is two."
+  echo
+  echo "$table"
+} > "$tmp/section.md"
+bench/section.sh "## TURN relay" < "$tmp/section.md"

@@ -1,0 +1,129 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/pion/stun/v4"
+)
+
+// ping waits until a STUN server answers a Binding request.
+func ping(args []string) error {
+	fs := flag.NewFlagSet("ping", flag.ExitOnError)
+	server := fs.String("server", "127.0.0.1:3478", "server")
+	timeout := fs.Duration("timeout", 10*time.Second, "give up after")
+	fs.Parse(args)
+	c, err := net.Dial("udp4", *server)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	deadline := time.Now().Add(*timeout)
+	buf := make([]byte, 1500)
+	for time.Now().Before(deadline) {
+		req := stun.MustBuild(stun.TransactionID, stun.BindingRequest)
+		c.Write(req.Raw)
+		c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		if n, err := c.Read(buf); err == nil {
+			m := &stun.Message{Raw: buf[:n]}
+			if m.Decode() == nil && m.TransactionID == req.TransactionID {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("%s does not answer STUN", *server)
+}
+
+// report reads result lines (label "<server>/<load>", load light or
+// heavy, server superpeer, coturn or direct) and prints the markdown
+// table of medians and ratios.
+func report(args []string) error {
+	fs := flag.NewFlagSet("report", flag.ExitOnError)
+	coturn := fs.String("coturn", "", "coturn's version")
+	fs.Parse(args)
+	byLabel := map[string][]Result{}
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		var r Result
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			continue
+		}
+		byLabel[r.Server] = append(byLabel[r.Server], r)
+	}
+	med := func(label string, f func(Result) float64) float64 {
+		var xs []float64
+		for _, r := range byLabel[label] {
+			xs = append(xs, f(r))
+		}
+		if len(xs) == 0 {
+			return 0
+		}
+		slices.Sort(xs)
+		if len(xs)%2 == 1 {
+			return xs[len(xs)/2]
+		}
+		return (xs[len(xs)/2-1] + xs[len(xs)/2]) / 2
+	}
+	for _, l := range []string{"superpeer/light", "coturn/light", "superpeer/heavy", "coturn/heavy", "direct/light"} {
+		if len(byLabel[l]) == 0 {
+			return fmt.Errorf("no results for %s", l)
+		}
+	}
+	runs := len(byLabel["superpeer/light"])
+	relayed := func(r Result) float64 { return r.RelayedPPS }
+	cpu := func(r Result) float64 { return r.CPUPerPacket }
+	p99 := func(r Result) float64 { return r.RTTp99 }
+	p50 := func(r Result) float64 { return r.RTTp50 }
+	loss := func(r Result) float64 { return r.Loss * 100 }
+	offered := func(r Result) float64 { return r.OfferedPPS }
+	floor := med("direct/light", p99)
+
+	var b strings.Builder
+	row := func(what string, sp, ct float64, unit string, higherBetter bool) {
+		ratio := "–"
+		if ct > 0 && sp > 0 {
+			ratio = fmt.Sprintf("%.2f", sp/ct)
+		}
+		better := "lower is better"
+		if higherBetter {
+			better = "higher is better"
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s (%s) |\n", what, num(sp, unit), num(ct, unit), ratio, better)
+	}
+	fmt.Fprintf(&b, "| median of %d runs | Superpeer | coturn %s | Superpeer / coturn |\n|---|---:|---:|---:|\n", runs, *coturn)
+	fmt.Fprintf(&b, "| **saturation** (%.0f packets/s offered per direction) | | | |\n", med("superpeer/heavy", offered))
+	row("relayed packets/s (both directions)", med("superpeer/heavy", relayed), med("coturn/heavy", relayed), "", true)
+	row("loss", med("superpeer/heavy", loss), med("coturn/heavy", loss), "%", false)
+	row("server CPU per relayed packet", med("superpeer/heavy", cpu), med("coturn/heavy", cpu), "µs", false)
+	fmt.Fprintf(&b, "| **RTP load** (%.0f packets/s per direction) | | | |\n", med("superpeer/light", offered))
+	row("server CPU per relayed packet", med("superpeer/light", cpu), med("coturn/light", cpu), "µs", false)
+	row("loss", med("superpeer/light", loss), med("coturn/light", loss), "%", false)
+	row("round trip p50", med("superpeer/light", p50), med("coturn/light", p50), "µs", false)
+	row("round trip p99", med("superpeer/light", p99), med("coturn/light", p99), "µs", false)
+	row("p99 added by the relay (p99 − direct p99 of "+num(floor, "µs")+")",
+		med("superpeer/light", p99)-floor, med("coturn/light", p99)-floor, "µs", false)
+	fmt.Print(b.String())
+	if runs == 0 {
+		return errors.New("no runs")
+	}
+	return nil
+}
+
+func num(v float64, unit string) string {
+	switch {
+	case unit == "%":
+		return fmt.Sprintf("%.2f %%", v)
+	case v >= 1000:
+		return fmt.Sprintf("%.0f %s", v, unit)
+	default:
+		return fmt.Sprintf("%.1f %s", v, unit)
+	}
+}
