@@ -530,7 +530,9 @@ func TestPermissionCap(t *testing.T) {
 	if _, code := c.allocate(17, 0); code != 0 {
 		t.Fatalf("allocate: %d", code)
 	}
-	peer := func(i int) netip.AddrPort { return netip.AddrPortFrom(netip.AddrFrom4([4]byte{203, 0, 113, byte(i)}), 4000) }
+	peer := func(i int) netip.AddrPort {
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte{203, 0, 113, byte(i)}), 4000)
+	}
 	for i := 1; i <= 3; i++ {
 		if code := c.peerRequest(stun.MethodCreatePermission, peer(i)); code != 0 {
 			t.Fatalf("permission %d: %d", i, code)
