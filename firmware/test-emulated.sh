@@ -175,8 +175,11 @@ for target in "linux/arm qemu-arm-static linux-armv7 GOARCH=arm GOARM=7" \
 
   step "unit tests of nat/ and overlay/ on $platform ($qemu)"
   [ -n "$labtests" ] && echo "not emulated (lab tests, run natively by go test ./...): ${labtests//|/ }"
-  # -p 1: qemu is slow enough that two emulated packages at once on two
+  # Compile in parallel (running no test), then run one package at a
+  # time: qemu is slow enough that two emulated packages at once on two
   # cores push the tests' own deadlines.
+  # shellcheck disable=SC2086
+  env $goenv go test -p 2 -count=1 -run '^$' -exec "$qemu" ./nat/... ./overlay/... >/dev/null
   # shellcheck disable=SC2086
   if env $goenv go test -p 1 -short -count=1 -timeout 10m -exec "$qemu" "${skipflag[@]}" ./nat/... ./overlay/...; then
     ok "nat/ and overlay/ pass on $platform"
