@@ -126,6 +126,23 @@ func (n *Node) open(ctx context.Context) error {
 		return n.group.dial(ctx, addr, kindRPC)
 	})
 
+	// Discovery first: Raft asks it for peers' addresses from its first
+	// RPC on.
+	n.disc = cfg.Discovery
+	if n.disc == nil {
+		n.disc, err = NewMulticastDiscovery(ctx, cfg.NodeID, MulticastConfig{
+			Group:      cfg.MulticastGroup,
+			Interfaces: lanInterface(cfg.Net, n.group.advertise.(*net.TCPAddr).IP),
+			Interval:   cfg.AnnounceInterval,
+			Secret:     cfg.Secret,
+			Net:        cfg.Net,
+			Clock:      cfg.Clock,
+			Logger:     n.log,
+		})
+		if err != nil {
+			return err
+		}
+	}
 	var (
 		logs   raft.LogStore
 		stable raft.StableStore
@@ -186,21 +203,6 @@ func (n *Node) open(ctx context.Context) error {
 		serveRPCConn(n.ctx, c, 5*time.Minute, cfg.RPCTimeout, n.rpcHandlers())
 	})
 
-	n.disc = cfg.Discovery
-	if n.disc == nil {
-		n.disc, err = NewMulticastDiscovery(ctx, cfg.NodeID, MulticastConfig{
-			Group:      cfg.MulticastGroup,
-			Interfaces: lanInterface(cfg.Net, n.group.advertise.(*net.TCPAddr).IP),
-			Interval:   cfg.AnnounceInterval,
-			Secret:     cfg.Secret,
-			Net:        cfg.Net,
-			Clock:      cfg.Clock,
-			Logger:     n.log,
-		})
-		if err != nil {
-			return err
-		}
-	}
 	if cfg.DNSSD {
 		ip := n.group.advertise.(*net.TCPAddr).IP
 		n.sd, err = NewDNSSD(ctx, DNSSDConfig{Self: cfg.NodeID, IP: ip, Net: cfg.Net, Clock: cfg.Clock, Logger: n.log})
