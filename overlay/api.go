@@ -63,6 +63,11 @@ func (n *Node) Withdraw(aor string) {
 func (n *Node) Get(ctx context.Context, aor string) (*dht.Record, error) {
 	key := dht.Key(aor)
 	rep, err := n.request(ctx, kindGet, key, false, nil, nil)
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		// A hop died with the request on it; the route around it is
+		// known by now.
+		rep, err = n.request(ctx, kindGet, key, false, nil, nil)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("getting %q: %w", aor, err)
 	}
