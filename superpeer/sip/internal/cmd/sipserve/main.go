@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/pion/transport/v5/stdnet"
@@ -25,7 +26,17 @@ func main() {
 	lan := flag.String("lan", "127.0.0.0/8", "the site's LAN prefix (registers without credentials)")
 	flood := flag.Int("flood", 0, "per-source request limit per 2 s (0: none)")
 	verbose := flag.Bool("v", false, "log at debug level")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile to this file")
 	flag.Parse()
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "sipserve:", err)
+			os.Exit(1)
+		}
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
 
 	level := slog.LevelInfo
 	if *verbose {
