@@ -299,6 +299,13 @@ func (s *Server) resolveOverlay(ctx context.Context, aor string) ([]target, int,
 		s.pstats.notFound.Add(1)
 		return nil, 404, "Not Found"
 	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		// The nodes holding the record did not answer in time: most
+		// likely the far site itself, gone with its records' root.
+		s.pstats.timeouts.Add(1)
+		s.log.Info("sip: overlay lookup timed out", "aor", aor, "after", s.cfg.ForwardTimeout)
+		return nil, 408, "Request Timeout"
+	}
 	if err != nil {
 		s.log.Info("sip: overlay lookup failed", "aor", aor, "err", err)
 		return nil, 503, "Overlay Lookup Failed"
