@@ -2,6 +2,7 @@ package sip
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -102,6 +104,7 @@ func newPhone(t *testing.T, user string, proxy netip.AddrPort, network string) *
 	p := &phone{t: t, user: user, proxy: proxy, network: network, answerSDP: []byte(testSDP), offerSDP: []byte(testSDP), messages: make(chan *sip.Request, 16)}
 	var err error
 	p.ua, err = sipgo.NewUA(sipgo.WithUserAgent(user), sipgo.WithUserAgentHostname("127.0.0.1"),
+		sipgo.WithUserAgenTLSConfig(&tls.Config{InsecureSkipVerify: true}),
 		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(testLogger())),
 		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerLogger(testLogger())))
 	if err != nil {
@@ -121,9 +124,9 @@ func newPhone(t *testing.T, user string, proxy netip.AddrPort, network string) *
 			_, err := p.ua.TransportLayer().GetConnection("udp", p.addr.String())
 			return err == nil
 		})
-	case "tcp":
-		// A TCP phone dials the proxy and keeps the connection (its flow);
-		// it listens nowhere.
+	case "tcp", "tls":
+		// A stream phone dials the proxy and keeps the connection (its
+		// flow); it listens nowhere.
 		p.addr = netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), 0)
 	}
 	opts := []sipgo.ClientOption{sipgo.WithClientHostname("127.0.0.1"), sipgo.WithClientLogger(testLogger())}
@@ -135,9 +138,9 @@ func newPhone(t *testing.T, user string, proxy netip.AddrPort, network string) *
 		t.Fatal(err)
 	}
 	p.contact = sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: user, Host: "127.0.0.1", Port: int(p.addr.Port())}}
-	if network == "tcp" {
+	if network != "udp" {
 		p.contact.Address.UriParams = sip.NewParams()
-		p.contact.Address.UriParams.Add("transport", "tcp")
+		p.contact.Address.UriParams.Add("transport", network)
 	}
 	p.dcc = sipgo.NewDialogClientCache(p.cli, p.contact)
 	p.dsc = sipgo.NewDialogServerCache(p.cli, p.contact)
@@ -186,8 +189,8 @@ func newPhone(t *testing.T, user string, proxy netip.AddrPort, network string) *
 func (p *phone) route() *sip.RouteHeader {
 	u := sip.Uri{Scheme: "sip", Host: p.proxy.Addr().String(), Port: int(p.proxy.Port()), UriParams: sip.NewParams()}
 	u.UriParams.Add("lr", "")
-	if p.network == "tcp" {
-		u.UriParams.Add("transport", "tcp")
+	if p.network != "udp" {
+		u.UriParams.Add("transport", p.network)
 	}
 	return &sip.RouteHeader{Address: u}
 }
@@ -195,8 +198,8 @@ func (p *phone) route() *sip.RouteHeader {
 // do sends a request through the proxy and returns the final response.
 func (p *phone) do(ctx context.Context, req *sip.Request) (*sip.Response, error) {
 	req.SetDestination(p.proxy.String())
-	if p.network == "tcp" {
-		req.SetTransport("TCP")
+	if p.network != "udp" {
+		req.SetTransport(strings.ToUpper(p.network))
 	}
 	return p.cli.Do(ctx, req)
 }
@@ -237,8 +240,8 @@ func (p *phone) call(ctx context.Context, target string) (*sipgo.DialogClientSes
 	req.AppendHeader(p.contact.Clone())
 	req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
 	req.SetBody(p.offerSDP)
-	if p.network == "tcp" {
-		req.SetTransport("TCP")
+	if p.network != "udp" {
+		req.SetTransport(strings.ToUpper(p.network))
 	}
 	sess, err := p.dcc.WriteInvite(ctx, req)
 	if err != nil {

@@ -38,6 +38,12 @@ func (s *Server) handleRequest(req *sip.Request, tx sip.ServerTransaction) {
 		s.reply(tx, req, 481, "Call/Transaction Does Not Exist")
 		return
 	case sip.REGISTER:
+		if isOverlayAddr(src.Addr()) {
+			// Phones register on their own site; nothing registers
+			// through another superpeer.
+			s.reply(tx, req, 403, "Register At Your Own Site")
+			return
+		}
 		if req.Route() == nil {
 			if !s.isLocalDomain(req.Recipient.Host) {
 				// No other registrar exists to forward it to.

@@ -2,6 +2,14 @@ package sip
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"math/big"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -96,5 +104,53 @@ func TestMessageAndOptions(t *testing.T) {
 	res, err = alice.do(ctx, opt)
 	if err != nil || res.StatusCode != 200 {
 		t.Fatalf("OPTIONS to the proxy: %v %v", res, err)
+	}
+}
+
+// selfSigned returns a TLS configuration with a fresh self-signed
+// certificate for 127.0.0.1.
+func selfSigned(t *testing.T) *tls.Config {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "superpeer test"},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
+}
+
+// TestCallOverTLS: with a certificate configured the superpeer serves
+// TLS; a phone registers over TLS and is called over its TLS flow.
+func TestCallOverTLS(t *testing.T) {
+	s := testServer(t, "sp1", "site.test", nil, Deps{}, func(c *Config) {
+		c.TLS = selfSigned(t)
+		c.Listen = append(c.Listen, Listener{Network: "tls", Addr: "127.0.0.1:0"})
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	bob := newPhone(t, "bob", s.addr("tls"), "tls")
+	alice := newPhone(t, "alice", s.addr("udp"), "udp")
+	if res, err := bob.register(ctx, "sip:bob@site.test", 600, nil); err != nil || res.StatusCode != 200 {
+		t.Fatalf("REGISTER over TLS: %v %v", res, err)
+	}
+	sess, err := alice.call(ctx, "sip:bob@site.test")
+	if err != nil {
+		t.Fatalf("call to bob over his TLS flow: %v", err)
+	}
+	if err := sess.Bye(ctx); err != nil {
+		t.Fatalf("BYE: %v", err)
+	}
+	if bob.invites.Load() != 1 || bob.byes.Load() != 1 {
+		t.Errorf("bob saw %d INVITEs and %d BYEs, want 1 and 1", bob.invites.Load(), bob.byes.Load())
 	}
 }
