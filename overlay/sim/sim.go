@@ -10,7 +10,7 @@
 package sim
 
 import (
-	"cmp"
+	"bytes"
 	"container/heap"
 	"encoding/binary"
 	"fmt"
@@ -125,8 +125,8 @@ type Sim struct {
 	visited []routing.ID
 	now     time.Duration
 	events  eventQueue
-	live    []routing.ID // sorted, rebuilt on demand
-	liveOK  bool
+	live    *liveIndex   // built before the first lookup
+	pool    []routing.ID // IDs that joins will take, known to live
 }
 
 // New builds an empty simulator.
@@ -296,15 +296,23 @@ func (s *Sim) route(src *node, key routing.ID) (root *node, hops, timeouts int) 
 // own ID to find its closest nodes, links the ones its table wants, then
 // fills the gaps.
 func (s *Sim) Join() *node {
-	n := &node{id: s.newID(), table: routing.NewTable(routing.ID{}, s.cfg.Table), alive: true}
-	n.table = routing.NewTable(n.id, s.cfg.Table)
+	id := s.newID()
+	if len(s.pool) > 0 {
+		id, s.pool = s.pool[0], s.pool[1:]
+	}
+	n := &node{id: id, table: routing.NewTable(id, s.cfg.Table)}
 	var boot *node
 	if s.liveCount() > 0 {
 		boot = s.randomLive()
 	}
 	s.nodes = append(s.nodes, n)
 	s.byID[n.id] = n
-	s.liveOK = false
+	if s.live != nil {
+		if _, known := s.live.pos[n.id]; !known {
+			s.live = nil // a join outside the pool: rebuild before the next lookup
+		}
+	}
+	s.setAlive(n, true)
 	if boot == nil {
 		return n
 	}
@@ -362,12 +370,9 @@ func (s *Sim) MaintainAll() {
 // FailRandom fails a fraction of the live nodes at once; nobody is told.
 func (s *Sim) FailRandom(frac float64) {
 	target := int(math.Round(frac * float64(s.liveCount())))
-	for k := 0; k < target; {
-		n := s.randomLive()
-		n.alive = false
-		k++
+	for k := 0; k < target; k++ {
+		s.setAlive(s.randomLive(), false)
 	}
-	s.liveOK = false
 }
 
 // DetectAll lets every live node notice its dead links (keepalives time
@@ -390,42 +395,100 @@ func (s *Sim) DetectAll() {
 	}
 }
 
-func (s *Sim) rebuildLive() {
-	if s.liveOK {
-		return
-	}
-	s.live = s.live[:0]
-	for _, n := range s.nodes {
-		if n.alive {
-			s.live = append(s.live, n.id)
-		}
-	}
-	slices.SortFunc(s.live, func(a, b routing.ID) int { return cmp.Compare(string(a[:]), string(b[:])) })
-	s.liveOK = true
+// liveIndex answers "which live node is closest to this key" while nodes
+// come and go: the IDs of every node that exists or will join, sorted
+// once, and a Fenwick tree counting the live ones over that order.
+type liveIndex struct {
+	ids []routing.ID
+	pos map[routing.ID]int
+	fen []int32
 }
 
-// trueRoot returns the live node closest to key, by descending the sorted
-// ID list bit by bit: the nodes sharing the longest prefix with the key.
-func (s *Sim) trueRoot(key routing.ID) routing.ID {
-	s.rebuildLive()
-	lo, hi := 0, len(s.live)
-	for b := 0; b < routing.IDBits && hi-lo > 1; b++ {
-		mid := lo + sortSearch(hi-lo, func(i int) bool { return bitAt(&s.live[lo+i], b) == 1 })
-		if bitAt(&key, b) == 0 {
-			if mid > lo {
-				hi = mid
-			} else {
-				lo = mid
-			}
+func newLiveIndex(ids []routing.ID) *liveIndex {
+	x := &liveIndex{ids: slices.Clone(ids), pos: make(map[routing.ID]int, len(ids)), fen: make([]int32, len(ids)+1)}
+	slices.SortFunc(x.ids, func(a, b routing.ID) int { return bytes.Compare(a[:], b[:]) })
+	for i, id := range x.ids {
+		x.pos[id] = i
+	}
+	return x
+}
+
+func (x *liveIndex) add(id routing.ID, d int32) {
+	for i := x.pos[id] + 1; i < len(x.fen); i += i & -i {
+		x.fen[i] += d
+	}
+}
+
+// prefix counts the live nodes among the first i of the order.
+func (x *liveIndex) prefix(i int) int32 {
+	var c int32
+	for ; i > 0; i -= i & -i {
+		c += x.fen[i]
+	}
+	return c
+}
+
+// root returns the live node closest to key: the nodes sharing the
+// longest prefix with it, bit by bit.
+func (x *liveIndex) root(key routing.ID) (routing.ID, bool) {
+	lo, hi := 0, len(x.ids)
+	if x.prefix(hi) == 0 {
+		return routing.ID{}, false
+	}
+	for b := 0; b < routing.IDBits && x.prefix(hi)-x.prefix(lo) > 1; b++ {
+		mid := lo + sortSearch(hi-lo, func(i int) bool { return bitAt(&x.ids[lo+i], b) == 1 })
+		zero := x.prefix(mid) - x.prefix(lo)
+		one := x.prefix(hi) - x.prefix(mid)
+		if (bitAt(&key, b) == 0 && zero > 0) || one == 0 {
+			hi = mid
 		} else {
-			if mid < hi {
-				lo = mid
-			} else {
-				hi = mid
-			}
+			lo = mid
 		}
 	}
-	return s.live[lo]
+	// One live node is left in [lo, hi): find it.
+	for lo < hi && x.prefix(lo+1)-x.prefix(lo) == 0 {
+		lo++
+	}
+	return x.ids[lo], true
+}
+
+// index builds the live index over the current nodes and `future` IDs
+// that joins will use.
+func (s *Sim) index(future []routing.ID) {
+	ids := make([]routing.ID, 0, len(s.nodes)+len(future))
+	for _, n := range s.nodes {
+		ids = append(ids, n.id)
+	}
+	ids = append(ids, future...)
+	s.live = newLiveIndex(ids)
+	for _, n := range s.nodes {
+		if n.alive {
+			s.live.add(n.id, 1)
+		}
+	}
+}
+
+func (s *Sim) setAlive(n *node, alive bool) {
+	if n.alive == alive {
+		return
+	}
+	n.alive = alive
+	if s.live != nil {
+		if alive {
+			s.live.add(n.id, 1)
+		} else {
+			s.live.add(n.id, -1)
+		}
+	}
+}
+
+// trueRoot returns the live node closest to key.
+func (s *Sim) trueRoot(key routing.ID) routing.ID {
+	if s.live == nil {
+		s.index(nil)
+	}
+	id, _ := s.live.root(key)
+	return id
 }
 
 func sortSearch(n int, f func(int) bool) int {
@@ -539,6 +602,7 @@ func (s *Sim) RunChurn(d time.Duration, lookups int) (res Lookups, joins, leaves
 	// Failures arrive as a Poisson process of rate live/SessionMean; each
 	// is matched by a join.
 	rate := float64(live) / float64(s.cfg.SessionMean)
+	joins = 0
 	for t := time.Duration(0); ; {
 		t += time.Duration(s.rnd.ExpFloat64() / rate)
 		if t >= d {
@@ -546,7 +610,15 @@ func (s *Sim) RunChurn(d time.Duration, lookups int) (res Lookups, joins, leaves
 		}
 		s.schedule(event{at: s.now + t, kind: evLeave})
 		s.schedule(event{at: s.now + t + s.exp(time.Second), kind: evJoin})
+		joins++
 	}
+	// The joiners' IDs are drawn now so the live index covers them.
+	s.pool = make([]routing.ID, joins)
+	for i := range s.pool {
+		s.pool[i] = s.newID()
+	}
+	s.index(s.pool)
+	joins = 0
 	for _, n := range s.nodes {
 		if n.alive {
 			s.schedule(event{at: s.now + time.Duration(s.rnd.Int64N(int64(s.cfg.MaintainEvery))), kind: evMaintain, n: n})
@@ -567,8 +639,7 @@ func (s *Sim) RunChurn(d time.Duration, lookups int) (res Lookups, joins, leaves
 		switch e.kind {
 		case evLeave:
 			n := s.randomLive()
-			n.alive = false
-			s.liveOK = false
+			s.setAlive(n, false)
 			leaves++
 			for _, p := range n.table.Links() {
 				s.schedule(event{at: s.now + s.cfg.Keepalive, kind: evDetect, n: s.byID[p], peer: n.id})
