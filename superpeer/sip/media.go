@@ -34,19 +34,34 @@ func (l Leg) String() string {
 	return "callee"
 }
 
+// AnchorRequest says what to anchor: one media stream of one leg.
+type AnchorRequest struct {
+	// CallID is the call's Call-ID.
+	CallID string
+	// Stream is the index of the media stream (m= line) in the SDP.
+	Stream int
+	// Leg is the side whose SDP this is: the endpoint at Endpoint.
+	Leg Leg
+	// Endpoint is the address the endpoint gave for the stream.
+	Endpoint netip.AddrPort
+	// Remote says the SDP goes to another site: the address returned is
+	// used from beyond the NATs and must be reachable there (a TURN
+	// allocation's relayed address); otherwise a LAN address will do.
+	Remote bool
+}
+
 // MediaRelay anchors a call's media in a relay, for endpoints that do not
 // do ICE and so cannot find a path across two NATs themselves. The daemon
-// backs it with the superpeer's TURN relay (allocations whose relayed
-// addresses the far side can reach); UDPRelay is a plain UDP one.
+// backs it with the superpeer's TURN relay (NewSocketRelay with TURN
+// allocations for the remote side); NewUDPRelay is a plain UDP one.
 type MediaRelay interface {
-	// Anchor relays stream number stream of callID for the endpoint of leg
-	// at endpoint (its address in the SDP it sent). It returns the address
-	// to show the other leg instead: what the other leg sends there reaches
-	// endpoint, and what endpoint sends to the address it was shown for
-	// the other leg reaches the other leg. Anchoring the same stream and
-	// leg again (a re-INVITE) moves the endpoint and returns the same
-	// address.
-	Anchor(ctx context.Context, callID string, stream int, leg Leg, endpoint netip.AddrPort) (netip.AddrPort, error)
+	// Anchor relays a stream for the endpoint of r.Leg. It returns the
+	// address to show the other leg instead of r.Endpoint: what the other
+	// leg sends there reaches the endpoint, and what the endpoint sends to
+	// the address it was shown for the other leg reaches the other leg.
+	// Anchoring the same stream and leg again (a re-INVITE) moves the
+	// endpoint and returns the same address.
+	Anchor(ctx context.Context, r AnchorRequest) (netip.AddrPort, error)
 	// Release frees everything anchored for callID.
 	Release(callID string)
 }
@@ -258,14 +273,14 @@ func (c *callState) legOfRequest(req *sip.Request) Leg {
 	return LegCallee
 }
 
-func (s *Server) anchorBody(ctx context.Context, c *callState, leg Leg, body []byte) ([]byte, bool) {
+func (s *Server) anchorBody(ctx context.Context, c *callState, leg Leg, remote bool, body []byte) ([]byte, bool) {
 	if c == nil || len(body) == 0 || hasICE(body) {
 		return nil, false
 	}
 	actx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	out, err := rewriteSDP(body, func(stream int, ep netip.AddrPort) (netip.AddrPort, error) {
-		return s.media.Anchor(actx, c.id, stream, leg, ep)
+		return s.media.Anchor(actx, AnchorRequest{CallID: c.id, Stream: stream, Leg: leg, Endpoint: ep, Remote: remote})
 	})
 	if err != nil {
 		s.log.Info("sip: media not anchored", "call", c.id, "leg", leg, "err", err)
@@ -274,17 +289,18 @@ func (s *Server) anchorBody(ctx context.Context, c *callState, leg Leg, body []b
 	return out, true
 }
 
-// anchorRequest rewrites the SDP of a request going to h.
-func (s *Server) anchorRequest(ctx context.Context, c *callState, fwd *sip.Request, _ hop) {
+// anchorRequest rewrites the SDP of a request leaving on h.
+func (s *Server) anchorRequest(ctx context.Context, c *callState, fwd *sip.Request, h hop) {
 	if c == nil || !isSDP(fwd) {
 		return
 	}
-	if out, ok := s.anchorBody(ctx, c, c.legOfRequest(fwd), fwd.Body()); ok {
+	if out, ok := s.anchorBody(ctx, c, c.legOfRequest(fwd), h.overlay != "", fwd.Body()); ok {
 		fwd.SetBody(out)
 	}
 }
 
-// anchorResponse rewrites the SDP of a response to req.
+// anchorResponse rewrites the SDP of a response to req, which goes back
+// where req came from.
 func (s *Server) anchorResponse(c *callState, req *sip.Request, res *sip.Response) {
 	if c == nil || len(res.Body()) == 0 || !isSDPType(res.GetHeader("Content-Type")) {
 		return
@@ -293,17 +309,17 @@ func (s *Server) anchorResponse(c *callState, req *sip.Request, res *sip.Respons
 	if c.legOfRequest(req) == LegCallee {
 		leg = LegCaller
 	}
-	if out, ok := s.anchorBody(s.ctx, c, leg, res.Body()); ok {
+	if out, ok := s.anchorBody(s.ctx, c, leg, isOverlayAddr(sourceOf(req).Addr()), res.Body()); ok {
 		res.SetBody(out)
 	}
 }
 
 // anchorAck rewrites an SDP answer carried in an ACK (late offer).
-func (s *Server) anchorAck(fwd *sip.Request) {
+func (s *Server) anchorAck(fwd *sip.Request, h hop) {
 	s.calls.mu.Lock()
 	c := s.calls.calls[callIDOf(fwd)]
 	s.calls.mu.Unlock()
-	s.anchorRequest(s.ctx, c, fwd, hop{})
+	s.anchorRequest(s.ctx, c, fwd, h)
 }
 
 // finishCall releases the media of a call that failed or ended.
@@ -328,95 +344,99 @@ func isSDPType(h sip.Header) bool {
 	return h != nil && strings.HasPrefix(strings.ToLower(strings.TrimSpace(h.Value())), "application/sdp")
 }
 
-// UDPRelay is a MediaRelay of plain UDP sockets on one address, opened
-// through a transport.Net: each anchored stream gets a pair of sockets,
-// one shown to each leg. It latches onto the address each leg really
-// sends from (symmetric RTP), so endpoints behind a NAT work. It is the
-// relay for calls within a site and for tests; across NATs the daemon uses
-// TURN allocations instead.
+// UDPRelay is a MediaRelay that relays each anchored stream between two
+// sockets, one shown to each leg, opened by a function it is given. It
+// latches onto the address each leg really sends from (symmetric RTP), so
+// endpoints behind a NAT work. NewUDPRelay opens plain UDP sockets on one
+// address (calls within a site, tests); the daemon passes NewSocketRelay a
+// function that opens a TURN allocation when the socket faces another
+// site.
 type UDPRelay struct {
-	net transport.Net
-	ip  netip.Addr
+	open func(ctx context.Context, remote bool) (net.PacketConn, error)
 
 	mu       sync.Mutex // guards following
 	sessions map[string]map[int]*relayStream
 	closed   bool
 
-	// Packets counts relayed packets per direction.
+	// ToCallee and ToCaller count relayed packets per direction.
 	ToCallee, ToCaller atomic.Uint64
 }
 
 // relayStream relays one media stream: shown[LegCaller] is the socket
-// shown to the callee in place of the caller, and the socket the callee's
-// packets come in on; shown[LegCallee] the other way round.
+// shown to the callee in place of the caller, on which the callee's
+// packets arrive; shown[LegCallee] the other way round.
 type relayStream struct {
-	shown [2]net.PacketConn
 	mu    sync.Mutex // guards following
+	shown [2]net.PacketConn
 	ep    [2]netip.AddrPort
 	wg    sync.WaitGroup
 }
 
 // NewUDPRelay returns a relay whose sockets are opened through n on ip.
 func NewUDPRelay(n transport.Net, ip netip.Addr) *UDPRelay {
-	return &UDPRelay{net: n, ip: ip, sessions: map[string]map[int]*relayStream{}}
+	return NewSocketRelay(func(context.Context, bool) (net.PacketConn, error) {
+		return n.ListenPacket("udp", netip.AddrPortFrom(ip, 0).String())
+	})
+}
+
+// NewSocketRelay returns a relay whose sockets come from open; remote says
+// the socket's address will be used from another site.
+func NewSocketRelay(open func(ctx context.Context, remote bool) (net.PacketConn, error)) *UDPRelay {
+	return &UDPRelay{open: open, sessions: map[string]map[int]*relayStream{}}
 }
 
 // Anchor implements MediaRelay.
-func (r *UDPRelay) Anchor(_ context.Context, callID string, stream int, leg Leg, endpoint netip.AddrPort) (netip.AddrPort, error) {
+func (r *UDPRelay) Anchor(ctx context.Context, req AnchorRequest) (netip.AddrPort, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
 		return netip.AddrPort{}, net.ErrClosed
 	}
-	streams := r.sessions[callID]
+	streams := r.sessions[req.CallID]
 	if streams == nil {
 		streams = map[int]*relayStream{}
-		r.sessions[callID] = streams
+		r.sessions[req.CallID] = streams
 	}
-	rs := streams[stream]
+	rs := streams[req.Stream]
 	if rs == nil {
 		rs = &relayStream{}
-		for i := range rs.shown {
-			pc, err := r.net.ListenPacket("udp4", netip.AddrPortFrom(r.ip, 0).String())
-			if err != nil {
-				for _, c := range rs.shown[:i] {
-					c.Close()
-				}
-				return netip.AddrPort{}, fmt.Errorf("opening a relay socket on %v: %w", r.ip, err)
-			}
-			rs.shown[i] = pc
-		}
-		streams[stream] = rs
-		for l := range rs.shown {
-			rs.wg.Add(1)
-			go r.pump(rs, Leg(l))
-		}
+		streams[req.Stream] = rs
 	}
 	rs.mu.Lock()
-	rs.ep[leg] = endpoint
-	rs.mu.Unlock()
-	return addrPortOf(rs.shown[leg].LocalAddr()), nil
+	defer rs.mu.Unlock()
+	rs.ep[req.Leg] = req.Endpoint
+	if rs.shown[req.Leg] == nil {
+		pc, err := r.open(ctx, req.Remote)
+		if err != nil {
+			return netip.AddrPort{}, fmt.Errorf("opening a relay socket: %w", err)
+		}
+		rs.shown[req.Leg] = pc
+		rs.wg.Add(1)
+		go r.pump(rs, req.Leg, pc)
+	}
+	return addrPortOf(rs.shown[req.Leg].LocalAddr()), nil
 }
 
-// pump moves packets arriving on shown[from] (sent by the other leg) to
-// the endpoint of leg from, sending from shown[other].
-func (r *UDPRelay) pump(rs *relayStream, from Leg) {
+// pump moves packets arriving on in = shown[from] (sent by the other leg)
+// to the endpoint of leg from, sending from shown[other] so the endpoint
+// sees them come from the address it sends to.
+func (r *UDPRelay) pump(rs *relayStream, from Leg, in net.PacketConn) {
 	defer rs.wg.Done()
 	other := 1 - from
 	buf := make([]byte, 1500)
 	for {
-		n, src, err := rs.shown[from].ReadFrom(buf)
+		n, src, err := in.ReadFrom(buf)
 		if err != nil {
 			return
 		}
 		rs.mu.Lock()
 		rs.ep[other] = addrPortOf(src) // latch: the other leg sends from here
-		dst := rs.ep[from]
+		dst, out := rs.ep[from], rs.shown[other]
 		rs.mu.Unlock()
-		if !dst.IsValid() {
-			continue
+		if !dst.IsValid() || out == nil {
+			continue // the other leg's answer has not come yet
 		}
-		if _, err := rs.shown[other].WriteTo(buf[:n], net.UDPAddrFromAddrPort(dst)); err == nil {
+		if _, err := out.WriteTo(buf[:n], net.UDPAddrFromAddrPort(dst)); err == nil {
 			if from == LegCaller {
 				r.ToCaller.Add(1)
 			} else {
@@ -433,9 +453,13 @@ func (r *UDPRelay) Release(callID string) {
 	delete(r.sessions, callID)
 	r.mu.Unlock()
 	for _, rs := range streams {
+		rs.mu.Lock()
 		for _, c := range rs.shown {
-			c.Close()
+			if c != nil {
+				c.Close()
+			}
 		}
+		rs.mu.Unlock()
 		rs.wg.Wait()
 	}
 }

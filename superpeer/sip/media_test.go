@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -114,8 +115,9 @@ func TestMediaAnchoredAcrossSites(t *testing.T) {
 	rb := NewUDPRelay(n, netip.MustParseAddr("127.0.0.1"))
 	defer ra.Close()
 	defer rb.Close()
-	a := testServer(t, "a", "a.test", nil, Deps{Locator: la, Carrier: ca, Media: ra}, nil)
-	b := testServer(t, "b", "b.test", nil, Deps{Locator: lb, Carrier: cb, Media: rb}, nil)
+	reca, recb := &recordingRelay{MediaRelay: ra}, &recordingRelay{MediaRelay: rb}
+	a := testServer(t, "a", "a.test", nil, Deps{Locator: la, Carrier: ca, Media: reca}, nil)
+	b := testServer(t, "b", "b.test", nil, Deps{Locator: lb, Carrier: cb, Media: recb}, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	bob := newPhone(t, "bob", b.addr("udp"), "udp")
@@ -164,6 +166,14 @@ func TestMediaAnchoredAcrossSites(t *testing.T) {
 				if ra.Sessions() != 1 || rb.Sessions() != 1 {
 					t.Errorf("relay sessions during the call: a %d, b %d; want 1 each", ra.Sessions(), rb.Sessions())
 				}
+				// The address shown across the overlay must be reachable from
+				// the other site; the one shown on the LAN need not.
+				if got, want := reca.seen(), "caller:remote callee:lan"; got != want {
+					t.Errorf("site A anchored %q, want %q", got, want)
+				}
+				if got, want := recb.seen(), "caller:lan callee:remote"; got != want {
+					t.Errorf("site B anchored %q, want %q", got, want)
+				}
 			}
 			if err := sess.Bye(ctx); err != nil {
 				t.Fatal(err)
@@ -171,4 +181,33 @@ func TestMediaAnchoredAcrossSites(t *testing.T) {
 			waitFor(t, 5*time.Second, "the relays to be released", func() bool { return ra.Sessions() == 0 && rb.Sessions() == 0 })
 		})
 	}
+}
+
+// recordingRelay notes what was anchored.
+type recordingRelay struct {
+	MediaRelay
+	mu   sync.Mutex
+	reqs []AnchorRequest
+}
+
+func (r *recordingRelay) Anchor(ctx context.Context, req AnchorRequest) (netip.AddrPort, error) {
+	r.mu.Lock()
+	r.reqs = append(r.reqs, req)
+	r.mu.Unlock()
+	return r.MediaRelay.Anchor(ctx, req)
+}
+
+// seen lists leg:side of each anchoring, in order.
+func (r *recordingRelay) seen() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for _, q := range r.reqs {
+		side := "lan"
+		if q.Remote {
+			side = "remote"
+		}
+		out = append(out, q.Leg.String()+":"+side)
+	}
+	return strings.Join(out, " ")
 }

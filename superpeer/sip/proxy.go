@@ -646,7 +646,7 @@ func (s *Server) forwardStateless(req *sip.Request) {
 	if t.ruri != nil {
 		fwd.Recipient = *t.ruri
 	}
-	s.anchorAck(fwd)
+	s.anchorAck(fwd, t.hop)
 	s.route(fwd, t.hop, makeBranch(loopHash(req)))
 	if err := s.tp.WriteMsg(fwd); err != nil {
 		s.log.Debug("sip: forwarding ACK", "call", callIDOf(req), "to", t.hop, "err", err)
