@@ -614,8 +614,14 @@ func (s *Server) sendCancel(inv *sip.Request) {
 
 // relay sends a downstream response upstream without our Via (RFC 3261
 // section 16.7).
+//
+// The response is changed in place: the client transaction keeps it only
+// to absorb retransmissions, and builds its ACKs from the request.
 func (s *Server) relay(tx sip.ServerTransaction, req *sip.Request, res *sip.Response, call *callState) {
-	out := res.Clone()
+	out := res
+	if v := out.Via(); v == nil || !s.isMyHost(v.Host) {
+		return // already relayed (a response relayed twice has lost our Via)
+	}
 	out.RemoveHeader("Via")
 	s.anchorResponse(call, req, out)
 	out.SetTransport(req.Transport())
@@ -660,7 +666,7 @@ func (s *Server) handleStrayResponse(res *sip.Response) {
 	if via == nil || !s.isMyHost(via.Host) {
 		return
 	}
-	out := res.Clone()
+	out := res
 	out.RemoveHeader("Via")
 	next := out.Via()
 	if next == nil {
