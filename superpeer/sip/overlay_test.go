@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/superpeer/superpeer/nat/clock"
 )
 
 // twoSites builds site A (superpeer "a", domain a.test) and site B
@@ -128,5 +130,33 @@ func TestFlowHeldByOtherSuperpeer(t *testing.T) {
 	}
 	if sp2.Status().Proxy.ToOverlay == 0 || sp1.Status().Proxy.FromOverlay == 0 {
 		t.Errorf("the call did not go through the flow's holder: sp1 %+v sp2 %+v", sp1.Status().Proxy, sp2.Status().Proxy)
+	}
+}
+
+// TestRecordExpiresWithBinding: a phone that stops refreshing its
+// registration disappears from the overlay when its binding lapses.
+func TestRecordExpiresWithBinding(t *testing.T) {
+	fc := clock.NewFake(time.Now())
+	ov := NewMemOverlay(fc.Now)
+	lb, cb := ov.Member("b")
+	b := testServer(t, "b", "b.test", fc, Deps{Locator: lb, Carrier: cb}, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	bob := newPhone(t, "bob", b.addr("udp"), "udp")
+	if res, err := bob.register(ctx, "sip:bob@b.test", 60, nil); err != nil || res.StatusCode != 200 {
+		t.Fatalf("REGISTER: %v %v", res, err)
+	}
+	waitFor(t, 5*time.Second, "bob's record in the overlay", func() bool { return len(ov.Records("sip:bob@b.test")) == 1 })
+	fc.Advance(59 * time.Second)
+	if len(ov.Records("sip:bob@b.test")) != 1 {
+		t.Fatal("bob's record went before his binding lapsed")
+	}
+	fc.Advance(2 * time.Second)
+	waitFor(t, 5*time.Second, "bob's record to be withdrawn after his binding lapsed", func() bool {
+		return len(ov.Records("sip:bob@b.test")) == 0
+	})
+	alice := newPhone(t, "alice", b.addr("udp"), "udp")
+	if _, err := alice.call(ctx, "sip:bob@b.test"); statusOf(err) != 480 {
+		t.Errorf("call to bob after his binding lapsed: %v, want 480", err)
 	}
 }
