@@ -124,6 +124,10 @@ type Config struct {
 	ForwardTimeout time.Duration `json:"forward_timeout"`
 	// Anchor is AnchorRemote (default), AnchorAlways or AnchorNever.
 	Anchor string `json:"anchor"`
+	// MaxCallDuration releases a call's anchored media even when no BYE
+	// came through (a phone lost power mid-call), so relay ports are not
+	// held forever.
+	MaxCallDuration time.Duration `json:"max_call_duration"`
 	// Flood is the per-source request limit.
 	Flood FloodConfig `json:"flood"`
 	// FlowKey authenticates flow tokens. Superpeers of one site should
@@ -144,15 +148,16 @@ func DefaultConfig() Config {
 			{Network: "udp", Addr: "0.0.0.0:5060"},
 			{Network: "tcp", Addr: "0.0.0.0:5060"},
 		},
-		Auth:           AuthLANOpen,
-		MinExpires:     60 * time.Second,
-		MaxExpires:     2 * time.Hour,
-		DefaultExpires: time.Hour,
-		FlowTimer:      120 * time.Second, // RFC 5626 section 4.4.1's default for TCP
-		MaxMessageSize: 16 * 1024,
-		TCPIdleTimeout: 10 * time.Minute,
-		ForwardTimeout: 2 * time.Second,
-		Anchor:         AnchorRemote,
+		Auth:            AuthLANOpen,
+		MinExpires:      60 * time.Second,
+		MaxExpires:      2 * time.Hour,
+		DefaultExpires:  time.Hour,
+		FlowTimer:       120 * time.Second, // RFC 5626 section 4.4.1's default for TCP
+		MaxMessageSize:  16 * 1024,
+		TCPIdleTimeout:  10 * time.Minute,
+		ForwardTimeout:  2 * time.Second,
+		Anchor:          AnchorRemote,
+		MaxCallDuration: 6 * time.Hour,
 		Flood: FloodConfig{
 			Requests:   16,
 			Window:     2 * time.Second,
@@ -230,6 +235,9 @@ func (c *Config) Validate() error {
 	case AnchorRemote, AnchorAlways, AnchorNever:
 	default:
 		errs = append(errs, fmt.Errorf("anchor %q: want %q, %q or %q", c.Anchor, AnchorRemote, AnchorAlways, AnchorNever))
+	}
+	if c.MaxCallDuration <= 0 {
+		errs = append(errs, errors.New("max_call_duration must be positive"))
 	}
 	if f := c.Flood; f.Requests < 0 || (f.Requests > 0 && (f.Window <= 0 || f.Ban < 0 || f.MaxSources <= 0)) {
 		errs = append(errs, fmt.Errorf("flood: want requests >= 0 and, when limiting, window > 0, ban >= 0, max_sources > 0 (got %+v)", f))

@@ -15,6 +15,8 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/pion/transport/v5"
+
+	"github.com/superpeer/superpeer/nat/clock"
 )
 
 // Leg names a side of a call.
@@ -193,6 +195,7 @@ func ipVersion(a netip.Addr) string {
 type callState struct {
 	id        string
 	callerTag string
+	limit     clock.Timer // releases the call after MaxCallDuration
 }
 
 // callTable holds the calls with anchored media.
@@ -214,9 +217,15 @@ func (t *callTable) release(s *Server, c *callState) {
 		return
 	}
 	t.mu.Lock()
-	_, ok := t.calls[c.id]
-	delete(t.calls, c.id)
+	cur, ok := t.calls[c.id]
+	ok = ok && cur == c
+	if ok {
+		delete(t.calls, c.id)
+	}
 	t.mu.Unlock()
+	if c.limit != nil {
+		c.limit.Stop()
+	}
 	if ok && s.media != nil {
 		s.media.Release(c.id)
 	}
@@ -261,6 +270,7 @@ func (s *Server) startCall(req *sip.Request, src netip.AddrPort, targets []targe
 		return nil
 	}
 	c := &callState{id: id, callerTag: req.From().Params.GetOr("tag", "")}
+	c.limit = s.clock.AfterFunc(s.cfg.MaxCallDuration, func() { s.calls.release(s, c) })
 	s.calls.calls[id] = c
 	return c
 }

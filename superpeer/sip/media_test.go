@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/pion/transport/v5/stdnet"
+
+	"github.com/superpeer/superpeer/nat/clock"
 )
 
 func TestRewriteSDP(t *testing.T) {
@@ -210,4 +212,39 @@ func (r *recordingRelay) seen() string {
 		out = append(out, q.Leg.String()+":"+side)
 	}
 	return strings.Join(out, " ")
+}
+
+// TestAnchoredMediaReleasedWithoutBye: a call whose BYE never comes
+// through the proxy gives its relay sockets back after MaxCallDuration.
+func TestAnchoredMediaReleasedWithoutBye(t *testing.T) {
+	n, err := stdnet.NewNet()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fc := clock.NewFake(time.Now())
+	relay := NewUDPRelay(n, netip.MustParseAddr("127.0.0.1"))
+	defer relay.Close()
+	s := testServer(t, "sp1", "site.test", fc, Deps{Media: relay}, func(c *Config) {
+		c.Anchor = AnchorAlways
+		c.MaxCallDuration = time.Hour
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	bob := newPhone(t, "bob", s.addr("udp"), "udp")
+	alice := newPhone(t, "alice", s.addr("udp"), "udp")
+	if res, err := bob.register(ctx, "sip:bob@site.test", 600, nil); err != nil || res.StatusCode != 200 {
+		t.Fatalf("REGISTER: %v %v", res, err)
+	}
+	if _, err := alice.call(ctx, "sip:bob@site.test"); err != nil {
+		t.Fatalf("call: %v", err)
+	}
+	if relay.Sessions() != 1 {
+		t.Fatalf("%d relay sessions during the call, want 1", relay.Sessions())
+	}
+	fc.Advance(59 * time.Minute)
+	if relay.Sessions() != 1 {
+		t.Fatal("the media was released before MaxCallDuration")
+	}
+	fc.Advance(2 * time.Minute)
+	waitFor(t, 5*time.Second, "the relay to be released", func() bool { return relay.Sessions() == 0 })
 }
