@@ -46,6 +46,8 @@ type Config struct {
 	MaintainEvery time.Duration
 	// MaxHops bounds a route.
 	MaxHops int
+	// Replicas is r, how many nodes closest to a key hold its record.
+	Replicas int
 }
 
 // DefaultConfig returns the configuration of `make sim` for n nodes.
@@ -62,6 +64,7 @@ func DefaultConfig(n int) Config {
 		Keepalive:     30 * time.Second,
 		MaintainEvery: 5 * time.Minute,
 		MaxHops:       64,
+		Replicas:      3,
 	}
 }
 
@@ -73,19 +76,34 @@ func (c Config) Validate() error {
 	if c.FailFraction < 0 || c.FailFraction >= 1 {
 		return fmt.Errorf("sim: fail fraction %v: want [0, 1)", c.FailFraction)
 	}
-	if c.Lookups < 1 || c.MaxHops < 1 {
+	if c.Lookups < 1 || c.MaxHops < 1 || c.Replicas < 1 {
 		return fmt.Errorf("sim: lookups %d, max hops %d: want at least 1", c.Lookups, c.MaxHops)
 	}
 	return c.Table.Validate()
 }
 
+// Reach is how lookups fared toward one goal.
+type Reach struct {
+	Count    int
+	Success  int     // lookups that reached the goal
+	HopsMean float64 // forwards until then, over the successful ones
+	HopsP99  int
+	HopsMax  int
+}
+
+// SuccessRate is Success/Count.
+func (r Reach) SuccessRate() float64 { return float64(r.Success) / float64(max(r.Count, 1)) }
+
 // Lookups summarises the lookups of one phase.
 type Lookups struct {
 	Count    int
-	Success  int     // reached the live node closest to the key
+	Success  int     // reached the live node closest to the key (its root)
 	HopsMean float64 // forwards per successful lookup
 	HopsP99  int
 	HopsMax  int
+	// Replica is the same toward the first of the key's r closest live
+	// nodes met on the way: where a get finds the record.
+	Replica Reach
 	// Timeouts is the mean number of forwards per lookup that hit a dead
 	// node and had to be retried elsewhere.
 	Timeouts float64
@@ -272,12 +290,19 @@ func (s *Sim) tryLink(a, c *node) bool {
 // route forwards a message for key hop by hop from src with the real
 // next-hop choice. A forward to a dead neighbour times out: the sender
 // drops the link, tells its neighbours, and chooses again.
-func (s *Sim) route(src *node, key routing.ID) (root *node, hops, timeouts int) {
+func (s *Sim) route(src *node, key routing.ID, replicas []routing.ID) (root *node, hops, timeouts, atReplica int) {
 	cur := src
-	for hops < s.cfg.MaxHops {
+	atReplica = -1
+	for {
+		if atReplica < 0 && slices.Contains(replicas, cur.id) {
+			atReplica = hops
+		}
+		if hops >= s.cfg.MaxHops {
+			return nil, hops, timeouts, atReplica
+		}
 		next, ok := cur.table.NextHop(key, nil)
 		if !ok {
-			return cur, hops, timeouts
+			return cur, hops, timeouts, atReplica
 		}
 		m := s.byID[next]
 		if !m.alive {
@@ -289,7 +314,6 @@ func (s *Sim) route(src *node, key routing.ID) (root *node, hops, timeouts int) 
 		cur = m
 		hops++
 	}
-	return nil, hops, timeouts
 }
 
 // Join adds a node through a random live bootstrap node: it routes to its
@@ -316,7 +340,7 @@ func (s *Sim) Join() *node {
 	if boot == nil {
 		return n
 	}
-	root, _, _ := s.route(boot, n.id)
+	root, _, _, _ := s.route(boot, n.id, nil)
 	if root == nil {
 		root = boot
 	}
@@ -346,7 +370,7 @@ func (s *Sim) Maintain(n *node) {
 	}
 	for _, b := range n.table.Gaps() {
 		key := routing.RandomInBucket(n.id, b, s.rnd)
-		root, _, _ := s.route(n, key)
+		root, _, _, _ := s.route(n, key, nil)
 		if root == nil || root == n {
 			continue
 		}
@@ -482,6 +506,26 @@ func (s *Sim) setAlive(n *node, alive bool) {
 	}
 }
 
+// trueClosest returns the r live nodes closest to key, nearest first.
+func (s *Sim) trueClosest(key routing.ID, r int) []routing.ID {
+	if s.live == nil {
+		s.index(nil)
+	}
+	out := make([]routing.ID, 0, r)
+	for len(out) < r {
+		id, ok := s.live.root(key)
+		if !ok {
+			break
+		}
+		out = append(out, id)
+		s.live.add(id, -1)
+	}
+	for _, id := range out {
+		s.live.add(id, 1)
+	}
+	return out
+}
+
 // trueRoot returns the live node closest to key.
 func (s *Sim) trueRoot(key routing.ID) routing.ID {
 	if s.live == nil {
@@ -509,31 +553,48 @@ func bitAt(id *routing.ID, i int) byte { return (id[i/8] >> (7 - uint(i%8))) & 1
 // MeasureLookups routes count lookups for random keys from random live
 // nodes and checks each against the key's true root.
 func (s *Sim) MeasureLookups(count int) Lookups {
-	var res Lookups
-	hops := make([]int, 0, count)
-	timeouts := 0
+	var m measure
 	for i := 0; i < count; i++ {
-		h, t, ok := s.lookup()
-		res.Count++
-		timeouts += t
-		if ok {
-			res.Success++
-			hops = append(hops, h)
-		}
+		m.lookup(s)
 	}
-	res.Timeouts = float64(timeouts) / float64(max(count, 1))
-	summarise(&res, hops)
-	return res
+	return m.result()
 }
 
-func (s *Sim) lookup() (hops, timeouts int, ok bool) {
+// measure accumulates lookups.
+type measure struct {
+	res         Lookups
+	hops, rhops []int
+	timeouts    int
+}
+
+// lookup routes to a random key from a random live node, noting the hops
+// to the key's root and to the first of its replicas (a get ends there).
+func (m *measure) lookup(s *Sim) {
 	src := s.randomLive()
 	key := s.newID()
-	root, h, t := s.route(src, key)
-	return h, t, root != nil && root.id == s.trueRoot(key)
+	replicas := s.trueClosest(key, s.cfg.Replicas)
+	root, h, t, atReplica := s.route(src, key, replicas)
+	m.res.Count++
+	m.timeouts += t
+	if root != nil && root.id == replicas[0] {
+		m.res.Success++
+		m.hops = append(m.hops, h)
+	}
+	if atReplica >= 0 {
+		m.res.Replica.Success++
+		m.rhops = append(m.rhops, atReplica)
+	}
 }
 
-func summarise(res *Lookups, hops []int) {
+func (m *measure) result() Lookups {
+	m.res.Timeouts = float64(m.timeouts) / float64(max(m.res.Count, 1))
+	m.res.Replica.Count = m.res.Count
+	summarise(&m.res.HopsMean, &m.res.HopsP99, &m.res.HopsMax, m.hops)
+	summarise(&m.res.Replica.HopsMean, &m.res.Replica.HopsP99, &m.res.Replica.HopsMax, m.rhops)
+	return m.res
+}
+
+func summarise(mean *float64, p99, most *int, hops []int) {
 	if len(hops) == 0 {
 		return
 	}
@@ -542,9 +603,9 @@ func summarise(res *Lookups, hops []int) {
 	for _, h := range hops {
 		sum += h
 	}
-	res.HopsMean = float64(sum) / float64(len(hops))
-	res.HopsP99 = hops[min(len(hops)-1, int(math.Ceil(0.99*float64(len(hops))))-1)]
-	res.HopsMax = hops[len(hops)-1]
+	*mean = float64(sum) / float64(len(hops))
+	*p99 = hops[min(len(hops)-1, int(math.Ceil(0.99*float64(len(hops))))-1)]
+	*most = hops[len(hops)-1]
 }
 
 // Events of the churn phase.
@@ -628,8 +689,7 @@ func (s *Sim) RunChurn(d time.Duration, lookups int) (res Lookups, joins, leaves
 		s.schedule(event{at: s.now + time.Duration(s.rnd.Int64N(int64(d))), kind: evLookup})
 	}
 	end := s.now + d
-	hops := make([]int, 0, lookups)
-	timeouts := 0
+	var m measure
 	for s.events.Len() > 0 {
 		e := heap.Pop(&s.events).(event)
 		if e.at > end {
@@ -658,17 +718,9 @@ func (s *Sim) RunChurn(d time.Duration, lookups int) (res Lookups, joins, leaves
 				s.schedule(event{at: s.now + s.cfg.MaintainEvery, kind: evMaintain, n: e.n})
 			}
 		case evLookup:
-			h, t, ok := s.lookup()
-			res.Count++
-			timeouts += t
-			if ok {
-				res.Success++
-				hops = append(hops, h)
-			}
+			m.lookup(s)
 		}
 	}
 	s.events = s.events[:0]
-	res.Timeouts = float64(timeouts) / float64(max(res.Count, 1))
-	summarise(&res, hops)
-	return res, joins, leaves
+	return m.result(), joins, leaves
 }

@@ -48,8 +48,8 @@ func main() {
 		}
 		ns = append(ns, n)
 	}
-	fmt.Println("| N | D | degree max | degree mean | hops mean | hops p99 | success | 10% failed: hops mean | p99 | success | timeouts/lookup | repaired: success | churn: hops mean | success | run time |")
-	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Println("| N | D | degree max | degree mean | phase | to the root: hops mean | p99 | success | to a replica: hops mean | p99 | success | dead hops/lookup |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, n := range ns {
 		cfg := sim.DefaultConfig(n)
 		cfg.Table.Degree = *degree
@@ -69,16 +69,28 @@ func main() {
 			fmt.Fprintln(os.Stderr, "sim:", err)
 			return
 		}
-		churnHops, churnOK := "-", "-"
-		if r.Churned.Count > 0 {
-			churnHops = fmt.Sprintf("%.2f", r.Churned.HopsMean)
-			churnOK = pct(r.Churned.SuccessRate())
+		phases := []struct {
+			name string
+			l    sim.Lookups
+		}{
+			{"healthy", r.Healthy},
+			{"10% failed at once", r.Failed},
+			{"after repair", r.Repaired},
 		}
-		fmt.Printf("| %d | %d | %d | %.2f | %.2f | %d | %s | %.2f | %d | %s | %.2f | %s | %s | %s | %.0fs |\n",
-			r.N, r.Degree, r.DegreeMax, r.DegreeMean,
-			r.Healthy.HopsMean, r.Healthy.HopsP99, pct(r.Healthy.SuccessRate()),
-			r.Failed.HopsMean, r.Failed.HopsP99, pct(r.Failed.SuccessRate()), r.Failed.Timeouts,
-			pct(r.Repaired.SuccessRate()), churnHops, churnOK, r.Elapsed.Seconds())
+		if r.Churned.Count > 0 {
+			phases = append(phases, struct {
+				name string
+				l    sim.Lookups
+			}{fmt.Sprintf("churn (%d joins, %d failures)", r.Joins, r.Leaves), r.Churned})
+		}
+		for _, ph := range phases {
+			l := ph.l
+			fmt.Printf("| %d | %d | %d | %.2f | %s | %.2f | %d | %s | %.2f | %d | %s | %.2f |\n",
+				r.N, r.Degree, r.DegreeMax, r.DegreeMean, ph.name,
+				l.HopsMean, l.HopsP99, pct(float64(l.Success)/float64(max(l.Count, 1))),
+				l.Replica.HopsMean, l.Replica.HopsP99, pct(l.Replica.SuccessRate()), l.Timeouts)
+		}
+		fmt.Fprintf(os.Stderr, "N=%d: %.0fs\n", n, r.Elapsed.Seconds())
 	}
 }
 
