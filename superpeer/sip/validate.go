@@ -285,17 +285,20 @@ func checkMessage(b []byte, datagram bool) verdict {
 			}
 		}
 	}
-	// Keep the lines a local response needs.
-	if v.kind == kindRequest {
-		for i := range nCopy {
-			v.copy = append(v.copy, b[copyIdx[i][0]:copyIdx[i][1]])
+	// A refusal needs the lines a local response copies.
+	keep := func(v verdict) verdict {
+		if v.kind == kindRequest && v.code != 0 {
+			for i := range nCopy {
+				v.copy = append(v.copy, b[copyIdx[i][0]:copyIdx[i][1]])
+			}
 		}
+		return v
 	}
 	if v.code != 0 {
-		return finishSize(v, b, bodyOff, clen, datagram)
+		return keep(finishSize(v, b, bodyOff, clen, datagram))
 	}
 	if badValue != "" {
-		return finishSize(refuse(v, 400, badValue), b, bodyOff, clen, datagram)
+		return keep(finishSize(refuse(v, 400, badValue), b, bodyOff, clen, datagram))
 	}
 	// Required header fields (RFC 3261 section 8.1.1), once each.
 	switch {
@@ -317,7 +320,7 @@ func checkMessage(b []byte, datagram bool) verdict {
 	case v.kind == kindRequest && string(cseqMeth) != v.method:
 		v.code, v.reason = 400, "CSeq Method Mismatch"
 	}
-	return finishSize(v, b, bodyOff, clen, datagram)
+	return keep(finishSize(v, b, bodyOff, clen, datagram))
 }
 
 func refuse(v verdict, code int, reason string) verdict {

@@ -27,6 +27,7 @@ func main() {
 	flood := flag.Int("flood", 0, "per-source request limit per 2 s (0: none)")
 	verbose := flag.Bool("v", false, "log at debug level")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile to this file")
+	memprofile := flag.String("memprofile", "", "write an allocation profile to this file at exit")
 	flag.Parse()
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
@@ -79,4 +80,10 @@ func main() {
 	}
 	<-ctx.Done()
 	s.Close()
+	if *memprofile != "" {
+		if f, err := os.Create(*memprofile); err == nil {
+			pprof.Lookup("allocs").WriteTo(f, 0)
+			f.Close()
+		}
+	}
 }
