@@ -507,7 +507,21 @@ func (n *Node) nextHop(dest NodeID, exact bool, via []NodeID) *session {
 			return s
 		}
 	}
-	skip := func(id NodeID) bool { return contains(via, id) }
+	// As in the simulator, a message may pass a node again when what that
+	// node advertised has changed since (a dead neighbour dropped); twice
+	// is a loop. The origin of a lookup for its own ID is not its answer.
+	skip := func(id NodeID) bool {
+		if len(via) > 0 && id == via[0] && dest == via[0] {
+			return true
+		}
+		seen := 0
+		for _, v := range via {
+			if v == id {
+				seen++
+			}
+		}
+		return seen >= 2
+	}
 	next, ok := n.table.NextHop(dest, skip)
 	if !ok {
 		return nil
@@ -521,7 +535,7 @@ func (n *Node) handleForward(from *session, m *wire.Forward) {
 	}
 	for tries := 0; tries < 3; tries++ {
 		next := n.nextHop(m.Dest, m.Exact, m.Via)
-		if next == nil || next.peer == from.peer && !(m.Exact && m.Dest == from.peer) {
+		if next == nil {
 			n.deliver(m)
 			return
 		}

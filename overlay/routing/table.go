@@ -301,6 +301,11 @@ func (t *Table) NextHop(target ID, skip func(ID) bool) (next ID, ok bool) {
 			z := &l.peer[j]
 			if closer(z) && *z != t.self && (skip == nil || !skip(*z)) {
 				best, bestW, via = *z, word(z, 0)^t0, i
+			} else if *z == best && via >= 0 && t.links[via].id != best && Closer(target, l.id, t.links[via].id) {
+				// Several neighbours lead to the best node: go through
+				// the one nearest the target, whose own view reaches
+				// further.
+				via = i
 			}
 		}
 	}
