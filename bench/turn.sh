@@ -73,12 +73,36 @@ stop_server() {
   pid=
 }
 
+# idle_pct: how idle all CPUs were over the last second.
+idle_pct() {
+  local a b
+  read -r -a a < <(grep '^cpu ' /proc/stat)
+  sleep 1
+  read -r -a b < <(grep '^cpu ' /proc/stat)
+  local total=0 i
+  for i in 1 2 3 4 5 6 7 8; do total=$((total + b[i] - a[i])); done
+  echo $(( (b[4] - a[4]) * 100 / (total > 0 ? total : 1) ))
+}
+
+# wait_quiet: other work on the machine skews both servers' figures; wait
+# up to a minute for the CPUs to be 80 % idle, and count the measurements
+# that could not wait.
+busy=0
+wait_quiet() {
+  local i
+  for i in $(seq 60); do
+    [ "$(idle_pct)" -ge 80 ] && return 0
+  done
+  busy=$((busy + 1))
+}
+
 results=$tmp/results.jsonl
 for run in $(seq "$RUNS"); do
   for load in light heavy; do
     rate=$LIGHT
     [ "$load" = heavy ] && rate=$HEAVY
     for server in superpeer coturn; do
+      wait_quiet
       start_server "$server"
       taskset -c "$cli_cpu" "$tmp/turnbench" client -server "127.0.0.1:$port" -secret "$SECRET" \
         -peer 127.0.0.2 -allocs "$ALLOCS" -rate "$rate" -duration "$DURATION" -pid "$pid" \
@@ -86,6 +110,7 @@ for run in $(seq "$RUNS"); do
       stop_server
     done
   done
+  wait_quiet
   taskset -c "$cli_cpu" "$tmp/turnbench" client -direct -peer 127.0.0.2 -allocs "$ALLOCS" -rate "$LIGHT" \
     -duration "$DURATION" -label direct/light | tee -a "$results"
 done
@@ -103,7 +128,8 @@ echo "$table"
   echo "the same client and packet schedule for both servers, runs interleaved. Superpeer runs with its shipped"
   echo "defaults (peer policy, quotas, bandwidth cap, counters), coturn with an empty config file and the flags"
   echo "the test needs (REST secret, loopback listener and peers). A relayed packet is one crossing of the relay;"
-  echo "each round trip is two."
+  echo "each round trip is two. Each measurement waited (up to a minute) for the machine to be 80 % idle;"
+  echo "$busy of $((RUNS * 5)) could not and ran beside other work."
   echo
   echo "$table"
 } > "$tmp/section.md"

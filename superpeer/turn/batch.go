@@ -7,10 +7,13 @@ import (
 	"golang.org/x/net/ipv6"
 )
 
-// batchSize is how many datagrams one read of a client listener takes
-// from the kernel (recvmmsg on Linux): a loaded listener pays one system
-// call for many packets.
-const batchSize = 32
+// listenerBatch is how many datagrams one read of a client listener
+// takes from the kernel (recvmmsg on Linux): a loaded listener, which
+// carries every client's packets, pays one system call for many. Relay
+// sockets read one at a time: each carries one allocation's peers at RTP
+// rates, where a batch read costs more than the datagram it finds
+// (measured with bench/turn.sh).
+const listenerBatch = 32
 
 // batchReader reads a UDP socket a batch at a time and hands the
 // datagrams out one by one. One goroutine reads it.
@@ -22,14 +25,14 @@ type batchReader struct {
 
 // newBatchReader returns nil when c cannot read batches (not a kernel
 // UDP socket, e.g. pion's vnet).
-func newBatchReader(c net.PacketConn) *batchReader {
+func newBatchReader(c net.PacketConn, size, bufLen int) *batchReader {
 	u, ok := c.(*net.UDPConn)
 	if !ok {
 		return nil
 	}
-	b := &batchReader{msgs: make([]ipv4.Message, batchSize)}
+	b := &batchReader{msgs: make([]ipv4.Message, size)}
 	for i := range b.msgs {
-		b.msgs[i].Buffers = [][]byte{make([]byte, 2048)}
+		b.msgs[i].Buffers = [][]byte{make([]byte, bufLen)}
 	}
 	if la, ok := u.LocalAddr().(*net.UDPAddr); ok && la.IP.To4() == nil {
 		b.read = ipv6.NewPacketConn(u).ReadBatch

@@ -246,7 +246,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		}
 		for _, c := range cs {
 			pcs = append(pcs, turn.PacketConnConfig{
-				PacketConn:            &guardedPacketConn{PacketConn: c, g: guard{s: s, local: local}, batch: newBatchReader(c)},
+				PacketConn:            &guardedPacketConn{PacketConn: c, g: guard{s: s, local: local}, batch: newBatchReader(c, listenerBatch, 2048)},
 				RelayAddressGenerator: &generator{s: s, listen: a},
 				PermissionHandler:     s.permissionHandler(local),
 			})
