@@ -151,6 +151,9 @@ ratio=$(awk -v a="$ours" -v b="$kam" 'BEGIN { if (b == 0) print "n/a"; else prin
 ours_cost=$(echo "${costs[superpeer]}" | median)
 kam_cost=$(echo "${costs[kamailio]}" | median)
 cost_ratio=$(awk -v a="$ours_cost" -v b="$kam_cost" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", a / b }')
+spread() { tr ' ' '\n' | grep -v '^$' | sort -n | awk 'NR == 1 { lo = $1 } { hi = $1 } END { if (lo > 0) printf "%.1f", hi / lo; else print "n/a" }'; }
+ours_spread=$(echo "${results[superpeer]}" | spread)
+kam_spread=$(echo "${results[kamailio]}" | spread)
 cpu=$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)
 load=$(cut -d' ' -f1-3 /proc/loadavg)
 kver=$("$KAMAILIO" -v 2>/dev/null | awk '/^version:/ { print $3; exit }')
@@ -172,7 +175,9 @@ $STEP_SECONDS s of calls per step). Median of $RUNS runs, the two proxies altern
 Ratio superpeer / Kamailio: **$ratio** in calls per second (higher is better), **$cost_ratio** in CPU per call
 (lower is better; the proxy's own processes, read from /proc, while SIPp runs $STEP_SECONDS s of calls at $COST_RATE calls/s).
 On two cores SIPp's UAC and UAS use most of the machine at the capacity rates, so the capacity ratio understates
-the difference between the proxies; CPU per call compares them alone.
+the difference between the proxies; CPU per call compares them alone. The fastest run of a proxy was
+$ours_spread (superpeer) and $kam_spread (Kamailio) times its slowest: whatever else runs on the machine moves the capacity
+figures far more than either proxy does.
 EOF
 )
 echo "$section"
