@@ -396,6 +396,7 @@ func (s *Server) proxy(req *sip.Request, tx sip.ServerTransaction, src netip.Add
 	call := s.startCall(req, src, targets)
 
 	var last *sip.Response
+	timedOut := false
 	for i, t := range targets {
 		fwd := req.Clone()
 		fwd.SetBody(req.Body())
@@ -426,6 +427,8 @@ func (s *Server) proxy(req *sip.Request, tx sip.ServerTransaction, src netip.Add
 		case outcomeCancelled:
 			s.calls.release(s, call)
 			return
+		case outcomeTimeout:
+			timedOut = true
 		}
 		if res != nil {
 			last = res
@@ -439,7 +442,7 @@ func (s *Server) proxy(req *sip.Request, tx sip.ServerTransaction, src netip.Add
 		s.relay(tx, req, last, call)
 		return
 	}
-	if len(targets) > 0 && targets[0].hop.overlay != "" {
+	if timedOut {
 		s.pstats.timeouts.Add(1)
 		s.reply(tx, req, 408, "Request Timeout")
 		return
@@ -453,6 +456,7 @@ type outcome int
 const (
 	outcomeDone      outcome = iota // a final response went upstream
 	outcomeNext                     // try the next target
+	outcomeTimeout                  // no answer in time: try the next target
 	outcomeCancelled                // the caller cancelled
 )
 
@@ -514,14 +518,14 @@ func (s *Server) forward(ctx context.Context, req *sip.Request, tx sip.ServerTra
 			}
 			return res, outcomeNext
 		case <-ctxTx.Done():
-			if errors.Is(ctxTx.Err(), sip.ErrTransactionTimeout) && t.hop.overlay != "" {
-				s.pstats.timeouts.Add(1)
+			if errors.Is(ctxTx.Err(), sip.ErrTransactionTimeout) {
+				return nil, outcomeTimeout
 			}
 			return nil, outcomeNext
 		case <-firstTimeout:
 			s.log.Info("sip: far superpeer did not answer", "call", callIDOf(req), "superpeer", t.hop.overlay, "after", s.cfg.ForwardTimeout)
 			ctxTx.Terminate()
-			return nil, outcomeNext
+			return nil, outcomeTimeout
 		case <-cancelled:
 			if provisional {
 				s.sendCancel(fwd)
