@@ -427,7 +427,7 @@ func (n *Node) bootstrapOrJoin() {
 	f := n.raft.BootstrapCluster(raft.Configuration{Servers: []raft.Server{{
 		Suffrage: raft.Voter, ID: raft.ServerID(n.id), Address: raft.ServerAddress(n.Addr()),
 	}}})
-	if err := f.Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+	if err := n.wait(f); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
 		n.log.Warn("founding the site's group failed", "err", err)
 		return
 	}
@@ -607,7 +607,7 @@ func (n *Node) reconcile() {
 	ready := n.readyTerm == term
 	n.mu.Unlock()
 	if !ready {
-		if err := n.raft.Barrier(n.cfg.ApplyTimeout).Error(); err != nil {
+		if err := n.wait(n.raft.Barrier(n.cfg.ApplyTimeout)); err != nil {
 			return
 		}
 		n.mu.Lock()
@@ -616,7 +616,7 @@ func (n *Node) reconcile() {
 	}
 	defer n.reconciles.Add(1)
 	cf := n.raft.GetConfiguration()
-	if err := cf.Error(); err != nil {
+	if err := n.wait(cf); err != nil {
 		return
 	}
 	servers := cf.Configuration().Servers
@@ -678,7 +678,7 @@ func (n *Node) reconcile() {
 			continue
 		}
 		n.log.Warn("removing a member that has been down for the grace period", "member", v.ID, "grace", n.cfg.DeadMemberGrace)
-		if err := n.raft.RemoveServer(raft.ServerID(v.ID), 0, timeout).Error(); err != nil {
+		if err := n.wait(n.raft.RemoveServer(raft.ServerID(v.ID), 0, timeout)); err != nil {
 			n.log.Warn("removing member failed", "member", v.ID, "err", err)
 			return
 		}
@@ -700,14 +700,14 @@ func (n *Node) reconcile() {
 	for _, id := range promote {
 		m := st.Members[id]
 		n.log.Info("promoting a member to voter", "member", id)
-		if err := n.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(m.Addr), 0, timeout).Error(); err != nil {
+		if err := n.wait(n.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(m.Addr), 0, timeout)); err != nil {
 			n.log.Warn("promoting member failed", "member", id, "err", err)
 			return
 		}
 	}
 	for _, id := range demote {
 		n.log.Info("demoting a voter", "member", id)
-		if err := n.raft.DemoteVoter(raft.ServerID(id), 0, timeout).Error(); err != nil {
+		if err := n.wait(n.raft.DemoteVoter(raft.ServerID(id), 0, timeout)); err != nil {
 			n.log.Warn("demoting voter failed", "member", id, "err", err)
 			return
 		}
@@ -771,6 +771,19 @@ func (n *Node) expireOld(ctx context.Context, now time.Time) {
 	_, _ = n.applyLocal(ctx, Command{Op: OpExpire, At: now.Add(-expiryMargin)})
 }
 
+// wait waits for a Raft future, or until the node stops: a future queued
+// just before Raft shut down may never be answered.
+func (n *Node) wait(f raft.Future) error {
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		return err
+	case <-n.ctx.Done():
+		return raft.ErrRaftShutdown
+	}
+}
+
 // applyLocal applies cmd on this node, which must be the leader.
 func (n *Node) applyLocal(ctx context.Context, cmd Command) (ApplyResult, error) {
 	b, err := EncodeCommand(cmd)
@@ -782,7 +795,7 @@ func (n *Node) applyLocal(ctx context.Context, cmd Command) (ApplyResult, error)
 		timeout = time.Until(d)
 	}
 	f := n.raft.Apply(b, timeout)
-	if err := f.Error(); err != nil {
+	if err := n.wait(f); err != nil {
 		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
 			addr, _ := n.raft.LeaderWithID()
 			return ApplyResult{}, &NotLeaderError{LeaderAddr: string(addr)}
@@ -866,7 +879,7 @@ func (n *Node) readIndex(ctx context.Context) (uint64, error) {
 		var idx uint64
 		var err error
 		if n.raft.State() == raft.Leader {
-			if err = n.raft.VerifyLeader().Error(); err == nil {
+			if err = n.wait(n.raft.VerifyLeader()); err == nil {
 				idx = n.stateIndex(n.raft.CommitIndex())
 			}
 		} else if addr, _ := n.raft.LeaderWithID(); addr != "" {
@@ -949,7 +962,7 @@ func (n *Node) handleJoin(ctx context.Context, body json.RawMessage) (any, error
 		return nil, n.notLeader()
 	}
 	cf := n.raft.GetConfiguration()
-	if err := cf.Error(); err != nil {
+	if err := n.wait(cf); err != nil {
 		return nil, err
 	}
 	found := false
@@ -967,14 +980,14 @@ func (n *Node) handleJoin(ctx context.Context, body json.RawMessage) (any, error
 			} else {
 				f = n.raft.AddNonvoter(s.ID, raft.ServerAddress(m.Addr), 0, n.cfg.ApplyTimeout)
 			}
-			if err := f.Error(); err != nil {
+			if err := n.wait(f); err != nil {
 				return nil, fmt.Errorf("updating the address of %s: %w", m.ID, err)
 			}
 		}
 	}
 	if !found {
 		n.log.Info("adding a member as non-voter", "member", m.ID, "addr", m.Addr, "role", m.Role)
-		if err := n.raft.AddNonvoter(raft.ServerID(m.ID), raft.ServerAddress(m.Addr), 0, n.cfg.ApplyTimeout).Error(); err != nil {
+		if err := n.wait(n.raft.AddNonvoter(raft.ServerID(m.ID), raft.ServerAddress(m.Addr), 0, n.cfg.ApplyTimeout)); err != nil {
 			return nil, fmt.Errorf("adding %s: %w", m.ID, err)
 		}
 	}
@@ -1009,7 +1022,7 @@ func (n *Node) handleReadIndex(ctx context.Context, _ json.RawMessage) (any, err
 	if n.raft.State() != raft.Leader {
 		return nil, n.notLeader()
 	}
-	if err := n.raft.VerifyLeader().Error(); err != nil {
+	if err := n.wait(n.raft.VerifyLeader()); err != nil {
 		return nil, n.notLeader()
 	}
 	return n.stateIndex(n.raft.CommitIndex()), nil
@@ -1186,7 +1199,7 @@ func (n *Node) handOver(ctx context.Context) {
 		}
 		n.reconcile() // commits a set without us (closing counts as down)
 		if n.hasOtherVoter() {
-			if err := n.raft.LeadershipTransfer().Error(); err != nil {
+			if err := n.wait(n.raft.LeadershipTransfer()); err != nil {
 				n.log.Warn("leadership transfer on shutdown failed", "err", err)
 			} else {
 				n.handedOver.Store(true)
@@ -1204,7 +1217,7 @@ func (n *Node) handOver(ctx context.Context) {
 
 func (n *Node) hasOtherVoter() bool {
 	cf := n.raft.GetConfiguration()
-	if cf.Error() != nil {
+	if n.wait(cf) != nil {
 		return false
 	}
 	for _, s := range cf.Configuration().Servers {

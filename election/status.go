@@ -79,7 +79,7 @@ func (n *Node) Status() Status {
 	st.Superpeer = st.Superpeers.Contains(n.id)
 
 	var servers []raft.Server
-	if cf := n.raft.GetConfiguration(); cf.Error() == nil {
+	if cf := n.raft.GetConfiguration(); n.wait(cf) == nil {
 		servers = cf.Configuration().Servers
 	}
 	var members map[string]Member
