@@ -110,12 +110,6 @@ type target struct {
 	binding *Binding
 }
 
-// routed is what route processing found out about a request.
-type routed struct {
-	inToken  string // flow token of our popped Route: send on that flow
-	inDialog bool
-}
-
 // preRoute removes the Route entries that name us (RFC 3261 section 16.4)
 // and returns the flow token one of them carried.
 func (s *Server) preRoute(req *sip.Request) (tok string) {
