@@ -93,6 +93,7 @@ type phone struct {
 	messages   chan *sip.Request
 	mu         sync.Mutex
 	lastInvite *sip.Request
+	methods    []string // other methods received
 }
 
 const testSDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
@@ -175,6 +176,14 @@ func newPhone(t *testing.T, user string, proxy netip.AddrPort, network string) *
 			}
 		}
 	})
+	for _, m := range []sip.RequestMethod{sip.SUBSCRIBE, sip.NOTIFY, sip.PRACK, sip.UPDATE, sip.INFO} {
+		p.srv.OnRequest(m, func(req *sip.Request, tx sip.ServerTransaction) {
+			p.mu.Lock()
+			p.methods = append(p.methods, string(req.Method))
+			p.mu.Unlock()
+			tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))
+		})
+	}
 	p.srv.OnMessage(func(req *sip.Request, tx sip.ServerTransaction) {
 		tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))
 		select {

@@ -154,3 +154,39 @@ func TestCallOverTLS(t *testing.T) {
 		t.Errorf("bob saw %d INVITEs and %d BYEs, want 1 and 1", bob.invites.Load(), bob.byes.Load())
 	}
 }
+
+// TestOtherMethods: SUBSCRIBE, NOTIFY, PRACK, UPDATE and INFO are proxied
+// to the registered phone and its answer comes back; SUBSCRIBE is
+// record-routed (it makes a dialog), the others are not.
+func TestOtherMethods(t *testing.T) {
+	s := testServer(t, "sp1", "site.test", nil, Deps{}, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	bob := newPhone(t, "bob", s.addr("udp"), "udp")
+	alice := newPhone(t, "alice", s.addr("udp"), "udp")
+	if res, err := bob.register(ctx, "sip:bob@site.test", 600, nil); err != nil || res.StatusCode != 200 {
+		t.Fatalf("REGISTER: %v %v", res, err)
+	}
+	methods := []sip.RequestMethod{sip.SUBSCRIBE, sip.NOTIFY, sip.PRACK, sip.UPDATE, sip.INFO}
+	for _, m := range methods {
+		req := sip.NewRequest(m, sip.Uri{Scheme: "sip", User: "bob", Host: "site.test"})
+		if m == sip.SUBSCRIBE || m == sip.NOTIFY {
+			req.AppendHeader(sip.NewHeader("Event", "presence"))
+		}
+		req.AppendHeader(alice.contact.Clone())
+		res, err := alice.do(ctx, req)
+		if err != nil || res.StatusCode != 200 {
+			t.Errorf("%s: %v %v, want bob's 200", m, res, err)
+			continue
+		}
+		if rr := res.GetHeader("Record-Route"); (rr != nil) != (m == sip.SUBSCRIBE || m == sip.NOTIFY) {
+			t.Errorf("%s: Record-Route %v", m, rr)
+		}
+	}
+	bob.mu.Lock()
+	got := strings.Join(bob.methods, " ")
+	bob.mu.Unlock()
+	if want := "SUBSCRIBE NOTIFY PRACK UPDATE INFO"; got != want {
+		t.Errorf("bob received %q, want %q", got, want)
+	}
+}
