@@ -45,7 +45,10 @@
 // once. Peers that cannot hear each other at all for a whole window could
 // each found a group; announcements go both to the multicast group and to
 // the subnet broadcast address so that IGMP-snooping switches do not
-// cause that.
+// cause that. Should it happen anyway, the groups do not merge by
+// themselves: each leader logs it and lists the other group's peers in
+// Status.ForeignGroup, and the smaller group's peers rejoin when restarted
+// with empty state.
 //
 // # Membership
 //

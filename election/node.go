@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -63,8 +64,9 @@ type Node struct {
 	leaderSince time.Time            // when this node last saw a leader (or started)
 	closing     bool
 	lastJoin    time.Time
-	readyTerm   uint64 // leader: the term whose earlier entries are applied here
-	following   string // the leader this node last followed
+	readyTerm   uint64   // leader: the term whose earlier entries are applied here
+	following   string   // the leader this node last followed
+	foreign     []string // leader: peers of this site in another group
 }
 
 // Start opens the group listener and the stores, starts Raft and begins
@@ -357,6 +359,7 @@ func (n *Node) step() {
 	}
 	if n.raft.State() == raft.Leader {
 		n.reconcile()
+		n.checkForeignGroups()
 		return
 	}
 	leaderAddr, _ := n.raft.LeaderWithID()
@@ -374,6 +377,37 @@ func (n *Node) step() {
 	}
 	if leaderAddr != "" {
 		n.reportIfChanged()
+	}
+}
+
+// checkForeignGroups looks, on the leader, for a second group of the same
+// site: a peer announcing membership whose leader is not in this group.
+// That happens only if peers could not hear each other when they founded;
+// the groups do not merge by themselves, so the operator is told (log and
+// Status) to restart the smaller group's peers with empty state.
+func (n *Node) checkForeignGroups() {
+	cf := n.raft.GetConfiguration()
+	if n.wait(cf) != nil {
+		return
+	}
+	ours := map[string]bool{}
+	for _, srv := range cf.Configuration().Servers {
+		ours[string(srv.ID)] = true
+	}
+	var foreign []string
+	for _, h := range verifiedOnly(n.disc.Peers()) {
+		if h.State == StateMember && h.Leader != "" && !ours[h.ID] && !ours[h.Leader] {
+			foreign = append(foreign, h.ID)
+		}
+	}
+	sort.Strings(foreign)
+	n.mu.Lock()
+	news := !slices.Equal(foreign, n.foreign)
+	n.foreign = foreign
+	n.mu.Unlock()
+	if news && len(foreign) > 0 {
+		n.log.Warn("another group of this site is on the LAN; restart its peers with empty state to join this one",
+			"peers", foreign, "members_here", len(ours))
 	}
 }
 
@@ -850,7 +884,8 @@ func (n *Node) Apply(ctx context.Context, cmd Command) (ApplyResult, error) {
 		default:
 			return res, err
 		}
-		// No leader, or it moved: wait a little and ask again.
+		// No leader, or it moved: wait a little and ask again (on the
+		// wall clock, which is Raft's).
 		select {
 		case <-ctx.Done():
 			return res, fmt.Errorf("committing %s: no leader answered: %w (last: %v)", cmd.Op, ctx.Err(), err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"slices"
 	"testing"
 	"time"
 
@@ -241,4 +242,40 @@ func TestStrangerCannotJoinOrWrite(t *testing.T) {
 			t.Error("the stranger is in the leader's configuration")
 		}
 	}
+}
+
+// Peers that could not hear each other when they founded end up in two
+// groups; each leader says so instead of pretending.
+func TestSecondGroupOfTheSiteIsReported(t *testing.T) {
+	s := newTestSite(t, nil, nil)
+	s.lan.Cut("c-loner", true) // hears nobody, is heard by nobody
+	s.startAll(
+		s.config("a-router", RoleFull, capRouter, false),
+		s.config("b-board", RoleFull, capBoard, false),
+		s.config("c-loner", RoleFull, capDesktop, false),
+	)
+	eventually(t, 15*time.Second, func() (bool, string) {
+		a, c := s.node("a-router"), s.node("c-loner")
+		return inConfig(a, "b-board") && c.IsLeader() && !inConfig(c, "a-router"), "groups not formed yet"
+	})
+	for _, id := range []string{"a-router", "b-board", "c-loner"} {
+		if st := s.node(id).Status(); len(st.ForeignGroup) != 0 {
+			t.Fatalf("%s reports a foreign group %v while the peers cannot hear each other", id, st.ForeignGroup)
+		}
+	}
+	s.lan.Cut("c-loner", false)
+	eventually(t, 15*time.Second, func() (bool, string) {
+		var leader *Node
+		for _, id := range []string{"a-router", "b-board"} {
+			if s.node(id).IsLeader() {
+				leader = s.node(id)
+			}
+		}
+		if leader == nil {
+			return false, "the pair has no leader"
+		}
+		got, other := leader.Status().ForeignGroup, s.node("c-loner").Status().ForeignGroup
+		return slices.Equal(got, []string{"c-loner"}) && len(other) == 2,
+			fmt.Sprintf("the pair's leader reports %v, the loner %v", got, other)
+	})
 }

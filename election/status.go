@@ -1,6 +1,7 @@
 package election
 
 import (
+	"slices"
 	"sort"
 	"time"
 
@@ -38,6 +39,9 @@ type Status struct {
 	// RefusedConnections counts group connections that failed mutual
 	// TLS: devices without the site secret knocking.
 	RefusedConnections int64 `json:"refused_connections"`
+	// ForeignGroup lists, on the leader, peers of this site that belong to
+	// another group (founded while the peers could not hear each other).
+	ForeignGroup []string `json:"foreign_group,omitempty"`
 }
 
 // MemberStatus is one member of the group.
@@ -55,6 +59,7 @@ type MemberStatus struct {
 func (n *Node) Status() Status {
 	n.mu.Lock()
 	capab := n.capability
+	foreign := slices.Clone(n.foreign)
 	failing := make(map[string]time.Time, len(n.failing))
 	for k, v := range n.failing {
 		failing[k] = v
@@ -72,6 +77,7 @@ func (n *Node) Status() Status {
 		Registrations:      len(n.lookup("")),
 		HeldRefreshes:      n.soft.len(),
 		RefusedConnections: n.group.refused.Load(),
+		ForeignGroup:       foreign,
 	}
 	if !n.hasGroup() && st.State == raft.Follower.String() {
 		st.State = "joining"
