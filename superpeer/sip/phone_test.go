@@ -94,6 +94,7 @@ type phone struct {
 	mu         sync.Mutex
 	lastInvite *sip.Request
 	methods    []string // other methods received
+	lastDialog *sipgo.DialogServerSession
 }
 
 const testSDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
@@ -158,6 +159,9 @@ func newPhone(t *testing.T, user string, proxy netip.AddrPort, network string) *
 		if err != nil {
 			return
 		}
+		p.mu.Lock()
+		p.lastDialog = d
+		p.mu.Unlock()
 		d.Respond(180, "Ringing", nil)
 		if p.ringOnly {
 			tx.OnCancel(func(*sip.Request) { p.cancels.Add(1) })
@@ -293,3 +297,25 @@ func TestMain(m *testing.M) {
 }
 
 func sipHeader(name, value string) sip.Header { return sip.NewHeader(name, value) }
+
+// hangUpThrough ends the last call this phone answered with a BYE it
+// sends to proxy, whatever the route set names first (a softphone whose
+// outbound proxy is the desktop agent).
+func (p *phone) hangUpThrough(ctx context.Context, proxy netip.AddrPort) (*sip.Response, error) {
+	p.mu.Lock()
+	d := p.lastDialog
+	p.mu.Unlock()
+	inv, res := d.InviteRequest, d.InviteResponse
+	bye := sip.NewRequest(sip.BYE, inv.Contact().Address)
+	for _, rr := range inv.GetHeaders("Record-Route") {
+		bye.AppendHeader(sip.NewHeader("Route", rr.Value()))
+	}
+	from := res.To().AsFrom()
+	bye.AppendHeader(&from)
+	to := inv.From().AsTo()
+	bye.AppendHeader(&to)
+	bye.AppendHeader(sip.HeaderClone(inv.CallID()))
+	bye.AppendHeader(&sip.CSeqHeader{SeqNo: inv.CSeq().SeqNo + 100, MethodName: sip.BYE})
+	bye.SetDestination(proxy.String())
+	return p.cli.Do(ctx, bye)
+}

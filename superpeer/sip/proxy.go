@@ -115,14 +115,40 @@ type target struct {
 func (s *Server) preRoute(req *sip.Request) (tok string) {
 	for {
 		r := req.Route()
-		if r == nil || !s.isMyURI(&r.Address) {
+		if r == nil {
 			return tok
 		}
-		if r.Address.User != "" {
-			tok = r.Address.User
+		mine := s.isMyURI(&r.Address)
+		if !mine && !s.isSibling(&r.Address) {
+			return tok
+		}
+		if u := r.Address.User; u != "" {
+			// A sibling's token is good here only when the site shares
+			// one flow key; otherwise route by the Request-URI.
+			if _, err := parseFlowToken(s.flowKey, u); mine || err == nil {
+				tok = u
+			}
 		}
 		req.RemoveHeader("Route")
 	}
+}
+
+// isSibling reports whether u names another superpeer of this site.
+func (s *Server) isSibling(u *sip.Uri) bool {
+	if s.siblings == nil {
+		return false
+	}
+	a := parseHostAddr(u.Host)
+	port := uint16(u.Port)
+	if port == 0 {
+		port = 5060
+	}
+	for _, sib := range s.siblings() {
+		if sib.Addr() == a && (sib.Port() == port || sib.Port() == 0) {
+			return true
+		}
+	}
+	return false
 }
 
 // resolve finds the targets of a request after route processing. A

@@ -32,6 +32,12 @@ type Deps struct {
 	Carrier Carrier
 	// Media anchors media for endpoints without ICE; nil leaves SDP alone.
 	Media MediaRelay
+	// Siblings returns the SIP addresses (LAN address and port) of the
+	// site's other superpeers, from the elected set. A Route naming one of
+	// them is taken as this superpeer's own, so that in-dialog requests of
+	// calls set up through a superpeer that has since died go on through
+	// this one. Nil: none.
+	Siblings func() []netip.AddrPort
 }
 
 // Server is the registrar and proxy of one superpeer.
@@ -44,6 +50,7 @@ type Server struct {
 	locator  Locator
 	carrier  Carrier
 	media    MediaRelay
+	siblings func() []netip.AddrPort
 	flowKey  []byte
 	flood    *floodGuard
 	stats    counters
@@ -100,6 +107,7 @@ func New(cfg Config, n transport.Net, c clock.Clock, deps Deps) (*Server, error)
 		locator:  deps.Locator,
 		carrier:  deps.Carrier,
 		media:    deps.Media,
+		siblings: deps.Siblings,
 		flowKey:  cfg.FlowKey,
 		socks:    map[string]*socket{},
 	}
