@@ -7,9 +7,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -40,13 +42,19 @@ type AgentConfig struct {
 	// long (its socket is closed). Default 10 minutes; registrations
 	// refresh well within it.
 	Idle time.Duration `json:"idle"`
+	// TCP also serves softphones over TCP on the same address: each
+	// connection is joined to one the agent opens to the current
+	// superpeer (the superpeer's flow for the phone); when that superpeer
+	// dies the phone sees its connection close and registers again, now
+	// through the new one.
+	TCP bool `json:"tcp"`
 	// Logger receives one line per event an operator cares about.
 	Logger *slog.Logger `json:"-"`
 }
 
 // DefaultAgentConfig returns the defaults.
 func DefaultAgentConfig() AgentConfig {
-	return AgentConfig{Listen: "127.0.0.1:5060", Local: netip.IPv4Unspecified(), Idle: 10 * time.Minute}
+	return AgentConfig{Listen: "127.0.0.1:5060", Local: netip.IPv4Unspecified(), Idle: 10 * time.Minute, TCP: true}
 }
 
 // Validate rejects a configuration that cannot work.
@@ -77,10 +85,12 @@ type Agent struct {
 	branch  string // our Via branch prefix
 
 	pc net.PacketConn
+	tl net.Listener // nil without TCP
 
 	mu       sync.Mutex // guards following
 	sessions map[netip.AddrPort]*agentSession
 	seen     map[netip.AddrPort]bool // superpeers we have sent to
+	conns    []net.Conn              // TCP connections, both sides
 	closed   bool
 
 	done chan struct{} // closed by closeSockets
@@ -124,6 +134,19 @@ func (a *Agent) Start(ctx context.Context) error {
 		return fmt.Errorf("sip agent: listening on %s: %w", a.cfg.Listen, err)
 	}
 	a.pc = pc
+	if a.cfg.TCP {
+		tl, err := a.net.ListenTCP("tcp4", net.TCPAddrFromAddrPort(addrPortOf(pc.LocalAddr())))
+		if err != nil {
+			pc.Close()
+			return fmt.Errorf("sip agent: listening on tcp %s: %w", pc.LocalAddr(), err)
+		}
+		a.tl = tl
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			a.serveTCP()
+		}()
+	}
 	a.wg.Add(2)
 	go func() {
 		defer a.wg.Done()
@@ -158,12 +181,20 @@ func (a *Agent) closeSockets() {
 	close(a.done)
 	sessions := a.sessions
 	a.sessions = map[netip.AddrPort]*agentSession{}
+	conns := a.conns
+	a.conns = nil
 	a.mu.Unlock()
 	if a.pc != nil {
 		a.pc.Close()
 	}
+	if a.tl != nil {
+		a.tl.Close()
+	}
 	for _, s := range sessions {
 		s.up.Close()
+	}
+	for _, c := range conns {
+		c.Close()
 	}
 }
 
@@ -363,4 +394,58 @@ func (a *Agent) sweep(ctx context.Context) {
 		}
 		a.mu.Unlock()
 	}
+}
+
+// serveTCP joins each softphone connection to one to the current
+// superpeer.
+func (a *Agent) serveTCP() {
+	for {
+		c, err := a.tl.Accept()
+		if err != nil {
+			return
+		}
+		dst, ok := a.current()
+		if !ok {
+			c.Close()
+			continue
+		}
+		up, err := a.dialTCP(dst)
+		if err != nil {
+			a.log.Info("sip agent: connecting to the superpeer", "superpeer", dst, "err", err)
+			c.Close()
+			continue
+		}
+		a.mu.Lock()
+		if a.closed {
+			a.mu.Unlock()
+			c.Close()
+			up.Close()
+			return
+		}
+		a.conns = append(a.conns, c, up)
+		a.mu.Unlock()
+		a.wg.Add(2)
+		go a.pipe(c, up)
+		go a.pipe(up, c)
+	}
+}
+
+// tcpDialTimeout bounds connecting to a superpeer on the LAN.
+const tcpDialTimeout = 3 * time.Second
+
+func (a *Agent) dialTCP(dst netip.AddrPort) (net.Conn, error) {
+	d := a.net.CreateDialer(&net.Dialer{Timeout: tcpDialTimeout})
+	return d.Dial("tcp4", dst.String())
+}
+
+// pipe copies from src to dst until either ends, then closes both and
+// forgets them.
+func (a *Agent) pipe(dst, src net.Conn) {
+	defer a.wg.Done()
+	io.Copy(dst, src)
+	dst.Close()
+	src.Close()
+	a.mu.Lock()
+	a.conns = slices.DeleteFunc(a.conns, func(c net.Conn) bool { return c == dst || c == src })
+	a.mu.Unlock()
 }

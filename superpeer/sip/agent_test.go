@@ -85,3 +85,64 @@ func TestAgentFollowsFailover(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestAgentTCP: a softphone over TCP registers and is called through the
+// agent (its connection to the agent is joined to one from the agent to
+// the superpeer); when that superpeer dies its connection closes, and the
+// phone's next REGISTER reaches the new superpeer.
+func TestAgentTCP(t *testing.T) {
+	store := NewMemBindings(nil)
+	sp1 := testServer(t, "sp1", "site.test", nil, Deps{Bindings: store}, nil)
+	sp2 := testServer(t, "sp2", "site.test", nil, Deps{Bindings: store}, nil)
+	var cur atomic.Pointer[netip.AddrPort]
+	cur.Store(ptr(sp1.addr("tcp")))
+	n, err := stdnet.NewNet()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultAgentConfig()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.Local = netip.MustParseAddr("127.0.0.1")
+	cfg.Logger = testLogger()
+	agent, err := NewAgent(cfg, n, nil, func() (netip.AddrPort, bool) { return *cur.Load(), true })
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := agent.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer agent.Close()
+
+	bob := newPhone(t, "bob", agent.Addr(), "tcp")
+	if res, err := bob.register(ctx, "sip:bob@site.test", 600, nil); err != nil || res.StatusCode != 200 {
+		t.Fatalf("REGISTER over TCP through the agent: %v %v", res, err)
+	}
+	alice := newPhone(t, "alice", sp1.addr("udp"), "udp")
+	sess, err := alice.call(ctx, "sip:bob@site.test")
+	if err != nil {
+		t.Fatalf("call to bob over his TCP flow through the agent: %v", err)
+	}
+	if err := sess.Bye(ctx); err != nil {
+		t.Fatalf("BYE: %v", err)
+	}
+
+	sp1.Close()
+	cur.Store(ptr(sp2.addr("tcp")))
+	waitFor(t, 5*time.Second, "the agent to drop the connections of the dead superpeer", func() bool {
+		agent.mu.Lock()
+		defer agent.mu.Unlock()
+		return len(agent.conns) == 0
+	})
+	if res, err := bob.register(ctx, "sip:bob@site.test", 600, nil); err != nil || res.StatusCode != 200 {
+		t.Fatalf("REGISTER again after the failover: %v %v", res, err)
+	}
+	alice2 := newPhone(t, "alice2", sp2.addr("udp"), "udp")
+	if _, err := alice2.call(ctx, "sip:bob@site.test"); err != nil {
+		t.Fatalf("call to bob through sp2: %v", err)
+	}
+	if bob.invites.Load() != 2 {
+		t.Errorf("bob saw %d INVITEs, want 2", bob.invites.Load())
+	}
+}
