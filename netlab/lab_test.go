@@ -395,3 +395,29 @@ func TestChildLab(t *testing.T) {
 		select {} // until killed
 	}
 }
+
+// TestLANHostsReachEachOther shows two hosts of one LAN talking directly,
+// as two devices behind a home router's switch do (also where the machine
+// has br_netfilter loaded, which sends bridged traffic through the NAT's
+// forward chain).
+func TestLANHostsReachEachOther(t *testing.T) {
+	lab := Start(t, Topology{Sites: []SiteConfig{{LANHosts: 2}}})
+	s := lab.Sites[0]
+	r, err := s.LAN[1].Reflect(netip.AddrPortFrom(s.LAN[1].Addr, 9400))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	c, err := s.LAN[0].UDP(netip.AddrPortFrom(netip.IPv4Unspecified(), 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	m, err := MappedAddr(c, r.Addr(), 5*time.Second)
+	if err != nil {
+		t.Fatalf("LAN host cannot reach its neighbour: %v", err)
+	}
+	if m.Addr() != s.LAN[0].Addr {
+		t.Fatalf("neighbour saw %v, want the LAN address %v (no NAT inside the LAN)", m.Addr(), s.LAN[0].Addr)
+	}
+}

@@ -23,6 +23,9 @@ func natRuleset(lanIf, wanIf string, m Mapping, limit int, limited []netip.Addr)
 	}
 	fmt.Fprintf(&b, "  chain forward {\n    type filter hook forward priority filter; policy drop;\n")
 	fmt.Fprintf(&b, "    ct state established,related accept\n")
+	// LAN hosts talk to each other through the router's bridge; where the
+	// host has br_netfilter loaded, that traffic passes this hook too.
+	fmt.Fprintf(&b, "    iifname %q oifname %q accept\n", lanIf, lanIf)
 	if limit > 0 {
 		set := make([]string, len(limited))
 		for i, a := range limited {

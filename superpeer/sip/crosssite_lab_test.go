@@ -135,8 +135,6 @@ func TestSIPpCallsAcrossSites(t *testing.T) {
 		{Name: "siteb", Mapping: netlab.PortPreserving, LANHosts: 2},
 	}})
 	siteA, siteB := lab.Sites[0], lab.Sites[1]
-	allowLANTraffic(t, siteA)
-	allowLANTraffic(t, siteB)
 
 	w := lab.WAN[0]
 	wn, err := w.Net()
