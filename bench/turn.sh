@@ -6,7 +6,9 @@
 # turn, binds a channel on each towards one echoing peer, and sends
 # 172-byte ChannelData (G.711, 20 ms) round robin over them:
 #   light: LIGHT packets/s per direction (200 allocations x 50 pps: RTP),
-#   heavy: HEAVY packets/s per direction (beyond what one core relays).
+#   heavy: HEAVY packets/s per direction (6x: as much as the client, on
+#          its one CPU, can offer; a core's capacity is then read from
+#          the CPU time per relayed packet).
 # Every packet crosses the relay twice (to the peer and back). Each server
 # runs pinned to one CPU and the client to another (when there are two),
 # on loopback; coturn is Debian's default build started with an empty

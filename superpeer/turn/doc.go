@@ -30,4 +30,12 @@
 // Server is the whole of it; Config holds every knob with DefaultConfig
 // and Validate; Status and Metrics report allocations, permissions,
 // channels, relayed traffic and refusals.
+//
+// Clients get credentials from Server.Credentials (the daemon's control
+// API hands them to LAN peers). The SIP proxy anchors media the same way:
+// it mints credentials in process and allocates with an ordinary TURN
+// client (pion's turn.Client over the daemon's transport.Net) on one of
+// UDPAddrs, so relayed media takes the very path a LAN peer's would, with
+// the same policy, quotas and counters; any superpeer of the site accepts
+// the credentials, since they share the secret.
 package turn

@@ -98,23 +98,60 @@ func report(args []string) error {
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %s (%s) |\n", what, num(sp, unit), num(ct, unit), ratio, better)
 	}
+	perCPU := func(r Result) float64 {
+		if r.CPUPerPacket == 0 {
+			return 0
+		}
+		return 1e6 / r.CPUPerPacket
+	}
 	fmt.Fprintf(&b, "| median of %d runs | Superpeer | coturn %s | Superpeer / coturn |\n|---|---:|---:|---:|\n", runs, *coturn)
-	fmt.Fprintf(&b, "| **saturation** (%.0f packets/s offered per direction) | | | |\n", med("superpeer/heavy", offered))
-	row("relayed packets/s (both directions)", med("superpeer/heavy", relayed), med("coturn/heavy", relayed), "", true)
-	row("loss", med("superpeer/heavy", loss), med("coturn/heavy", loss), "%", false)
-	row("server CPU per relayed packet", med("superpeer/heavy", cpu), med("coturn/heavy", cpu), "µs", false)
-	fmt.Fprintf(&b, "| **RTP load** (%.0f packets/s per direction) | | | |\n", med("superpeer/light", offered))
-	row("server CPU per relayed packet", med("superpeer/light", cpu), med("coturn/light", cpu), "µs", false)
-	row("loss", med("superpeer/light", loss), med("coturn/light", loss), "%", false)
-	row("round trip p50", med("superpeer/light", p50), med("coturn/light", p50), "µs", false)
-	row("round trip p99", med("superpeer/light", p99), med("coturn/light", p99), "µs", false)
-	row("p99 added by the relay (p99 − direct p99 of "+num(floor, "µs")+")",
-		med("superpeer/light", p99)-floor, med("coturn/light", p99)-floor, "µs", false)
+	for _, load := range []string{"light", "heavy"} {
+		sp, ct := "superpeer/"+load, "coturn/"+load
+		title := "RTP load"
+		if load == "heavy" {
+			title = "heavy load"
+		}
+		fmt.Fprintf(&b, "| **%s**: %.0f packets/s offered per direction | | | |\n", title, med(sp, offered))
+		row("relayed packets/s (both directions)", med(sp, relayed), med(ct, relayed), "", true)
+		row("loss", med(sp, loss), med(ct, loss), "%", false)
+		row("server CPU per relayed packet", med(sp, cpu), med(ct, cpu), "µs", false)
+		row("relayed packets per CPU-second (one core's capacity)", med(sp, perCPU), med(ct, perCPU), "", true)
+		row("round trip p50", med(sp, p50), med(ct, p50), "µs", false)
+		row("round trip p99", med(sp, p99), med(ct, p99), "µs", false)
+		if load == "light" {
+			row("p99 added by the relay (p99 − direct p99 of "+num(floor, "µs")+")",
+				med(sp, p99)-floor, med(ct, p99)-floor, "µs", false)
+		}
+	}
+	ratio := func(sp, ct float64) float64 {
+		if ct == 0 {
+			return 0
+		}
+		return sp / ct
+	}
+	capLight := ratio(med("superpeer/light", perCPU), med("coturn/light", perCPU))
+	capHeavy := ratio(med("superpeer/heavy", perCPU), med("coturn/heavy", perCPU))
+	p99Light := ratio(med("superpeer/light", p99), med("coturn/light", p99))
+	fmt.Fprintf(&b, "\nWhere it stands (this run): per CPU-second Superpeer relays %.2fx coturn's packets at RTP load (%s) "+
+		"and %.2fx under heavy load (%s); its p99 round trip at RTP load is %.2fx coturn's (%s).\n",
+		capLight, verdict(capLight, true), capHeavy, verdict(capHeavy, true), p99Light, verdict(p99Light, false))
 	fmt.Print(b.String())
 	if runs == 0 {
 		return errors.New("no runs")
 	}
 	return nil
+}
+
+// verdict words a ratio Superpeer / coturn; within 5 % is a tie.
+func verdict(r float64, higherBetter bool) string {
+	switch {
+	case r > 0.95 && r < 1.05:
+		return "a tie"
+	case (r > 1) == higherBetter:
+		return "ahead"
+	default:
+		return "behind"
+	}
 }
 
 func num(v float64, unit string) string {
