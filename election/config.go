@@ -207,8 +207,8 @@ func (c *Config) Validate() error {
 	if c.NodeID == "" {
 		return bad("NodeID", "empty")
 	}
-	if len(c.NodeID) > 63 {
-		return bad("NodeID", "longer than 63 bytes")
+	if len(c.NodeID) > 128 {
+		return bad("NodeID", "longer than 128 bytes")
 	}
 	if c.Role != RoleFull && c.Role != RolePeer {
 		return bad("Role", "%q is neither %q nor %q", c.Role, RoleFull, RolePeer)

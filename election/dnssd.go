@@ -145,7 +145,7 @@ func (d *DNSSD) Update(a Announcement) {
 		txt = append(txt, mdns.NewTXTString("leader", a.Leader))
 	}
 	if p, err := strconv.Atoi(groupPort); err == nil {
-		want[ServicePeer] = mdns.ServiceInstance{Instance: a.ID, Service: ServicePeer, Port: uint16(p), Text: txt}
+		want[ServicePeer] = mdns.ServiceInstance{Instance: instanceName(a.ID), Service: ServicePeer, Port: uint16(p), Text: txt}
 	}
 	if a.Superpeer {
 		for svc, addr := range map[string]string{ServiceSIP: a.Services.SIP, ServiceSTUN: a.Services.STUN, ServiceTURN: a.Services.TURN} {
@@ -154,7 +154,7 @@ func (d *DNSSD) Update(a Announcement) {
 			if err != nil || perr != nil {
 				continue
 			}
-			want[svc] = mdns.ServiceInstance{Instance: "Superpeer " + a.ID, Service: svc, Port: uint16(p),
+			want[svc] = mdns.ServiceInstance{Instance: "Superpeer " + instanceName(a.ID), Service: svc, Port: uint16(p),
 				Text: []mdns.TXTEntry{mdns.NewTXTString("site", a.Site), mdns.NewTXTString("id", a.ID)}}
 		}
 	}
@@ -250,4 +250,13 @@ func pionLogs() logging.LoggerFactory {
 		return f
 	}
 	return quietPionLogs{}
+}
+
+// instanceName is a node ID short enough for a DNS-SD instance label (63
+// bytes, RFC 6763 section 4.1.1); the whole ID rides in the TXT record.
+func instanceName(id string) string {
+	if len(id) > 16 {
+		return id[:16]
+	}
+	return id
 }

@@ -82,6 +82,12 @@ type Binding struct {
 	// binding; the store sets it. Refreshes name it, so a refresh never
 	// revives a binding that was removed and put again meanwhile.
 	Index uint64 `json:"index"`
+	// Outbound says the phone registered with RFC 5626 outbound: requests
+	// go over Flow, never to the Contact address.
+	Outbound bool `json:"outbound,omitempty"`
+	// Registered is when a REGISTER last wrote this binding (a refresh
+	// moves only Expires).
+	Registered time.Time `json:"registered,omitzero"`
 }
 
 // Key identifies a binding within its AOR: the instance and reg-id for an

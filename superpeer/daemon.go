@@ -2,6 +2,8 @@ package superpeer
 
 import (
 	"context"
+	"crypto/ed25519"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -18,9 +20,12 @@ import (
 	"github.com/pion/transport/v5"
 	"github.com/pion/transport/v5/stdnet"
 
+	"github.com/superpeer/superpeer/election"
 	"github.com/superpeer/superpeer/nat/clock"
+	"github.com/superpeer/superpeer/overlay"
 	"github.com/superpeer/superpeer/superpeer/config"
 	"github.com/superpeer/superpeer/superpeer/control"
+	"github.com/superpeer/superpeer/superpeer/sip"
 )
 
 // Version is stamped by the build (-ldflags -X).
@@ -52,10 +57,17 @@ type Daemon struct {
 	lock    *os.File
 	metrics *metricsServer
 	ready   chan struct{} // closed once Run has started every part
+	key     ed25519.PrivateKey
+	nodeID  overlay.NodeID
+	secret  *election.SiteSecret
+	nat     *natPart
+	node    *election.Node
+	agent   *sip.Agent
 
 	mu         sync.Mutex // guards following
 	parts      []part
 	metricSets []*metrics.Set
+	svc        *services
 }
 
 // A part is one capability of the daemon (NAT, election, overlay, SIP,
@@ -108,6 +120,12 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	}
 	defer d.lock.Close()
 
+	key, err := overlay.LoadOrCreateIdentity(dir)
+	if err != nil {
+		return fmt.Errorf("node identity: %w", err)
+	}
+	d.key, d.nodeID = key, overlay.IDOf(key.Public().(ed25519.PublicKey))
+
 	d.control = control.NewServer(d.log)
 	d.routes()
 	sock := d.cfg.ControlSocket()
@@ -116,33 +134,88 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- d.control.Serve() }()
-
 	d.setPart("control", "running")
-	for _, name := range []string{"nat", "election", "overlay", "sip", "turn"} {
-		d.setPart(name, "not built into this daemon yet")
+
+	runCtx, stopParts := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() {
+		stopParts()
+		stopCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if d.node != nil {
+			d.node.FlushRefreshes(stopCtx)
+			d.node.Close(stopCtx) // hands leadership over
+		}
+		wg.Wait()
+		if d.agent != nil {
+			d.agent.Close()
+		}
+		if d.nat != nil {
+			d.nat.close(stopCtx)
+		}
+		err = errors.Join(err, d.control.Close(stopCtx), d.stopMetrics(stopCtx))
+		d.log.Info("superpeer stopped")
+	}()
+
+	if d.nat, err = d.startNAT(runCtx); err != nil {
+		return err
 	}
+	d.setPart("nat", "running")
+	// Discovery is quick (a few round trips) and decides the election
+	// score and how overlay links are made, so it comes first.
+	d.nat.discover(runCtx)
+
+	if d.node, err = d.startElection(runCtx); err != nil {
+		return fmt.Errorf("election: %w", err)
+	}
+	d.setPart("election", "running")
+	if d.cfg.Site.Role == "peer" {
+		ac := sip.DefaultAgentConfig()
+		ac.Listen = d.cfg.SIP.AgentListen
+		ac.TCP = true
+		ac.Logger = d.log.With("part", "agent")
+		a, err := sip.NewAgent(ac, d.net, d.clock, d.currentSuperpeer)
+		if err != nil {
+			return fmt.Errorf("desktop agent: %w", err)
+		}
+		if err := a.Start(runCtx); err != nil {
+			return fmt.Errorf("desktop agent: %w", err)
+		}
+		d.agent = a
+		d.setPart("agent", "running on "+ac.Listen)
+		for _, name := range []string{"overlay", "sip", "turn"} {
+			d.setPart(name, "off: a desktop agent is never a superpeer")
+		}
+	} else {
+		d.setServices(nil)
+		wg.Add(1)
+		go func() { defer wg.Done(); d.followSet(runCtx) }()
+	}
+
 	own := metrics.NewSet()
 	own.NewGauge("superpeer_uptime_seconds", func() float64 { return d.clock.Since(d.started).Seconds() })
 	own.NewGauge(fmt.Sprintf("superpeer_build_info{version=%q}", Version), func() float64 { return 1 })
+	own.NewGauge("superpeer_pinholes", func() float64 { return float64(len(d.nat.keeper.Snapshot())) })
+	own.NewGauge("superpeer_superpeer", func() float64 {
+		if d.node.Superpeers().Contains(d.nodeID.String()) {
+			return 1
+		}
+		return 0
+	})
 	d.addMetrics(own)
 	if err := d.startMetrics(); err != nil {
-		d.control.Close(context.Background())
 		return err
 	}
 	close(d.ready)
-	d.log.Info("superpeer started", "version", Version, "state_dir", dir, "control", sock, "config", d.cfg.Source)
+	d.log.Info("superpeer started", "version", Version, "node", d.nodeID.Short(), "site", d.secret.SiteID(),
+		"state_dir", dir, "control", sock, "config", d.cfg.Source)
 
 	select {
 	case <-ctx.Done():
 	case err = <-serveErr:
 		err = fmt.Errorf("control API stopped: %w", err)
 	}
-	stopCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	cerr := d.control.Close(stopCtx)
-	merr := d.stopMetrics(stopCtx)
-	d.log.Info("superpeer stopped")
-	return errors.Join(err, cerr, merr)
+	return err
 }
 
 // Ready is closed once Run has started every part and serves the control
@@ -182,13 +255,30 @@ type Status struct {
 	Version   string    `json:"version"`
 	GoVersion string    `json:"go_version"`
 	Platform  string    `json:"platform"`
+	Node      string    `json:"node"`
+	NodeKey   string    `json:"node_key"`
+	Site      string    `json:"site"`
 	Role      string    `json:"role"`
 	Domain    string    `json:"domain"`
 	Started   time.Time `json:"started"`
 	UptimeSec float64   `json:"uptime_seconds"`
 	StateDir  string    `json:"state_dir"`
 	Config    string    `json:"config"`
-	Parts     []Part    `json:"parts"`
+	// Superpeers are the site's committed superpeers (node, SIP address).
+	Superpeers []SuperpeerRef `json:"superpeers"`
+	// NAT is the one-line summary of `superpeer nat`.
+	NAT      string `json:"nat"`
+	Lifetime string `json:"lifetime"`
+	Pinholes int    `json:"pinholes"`
+	Links    int    `json:"overlay_links"`
+	Parts    []Part `json:"parts"`
+}
+
+// SuperpeerRef is one superpeer of the site in Status.
+type SuperpeerRef struct {
+	Node string `json:"node"`
+	SIP  string `json:"sip"`
+	TURN string `json:"turn"`
 }
 
 // Part is one capability's state in Status.
@@ -205,33 +295,133 @@ func (d *Daemon) Status() Status {
 		parts[i] = Part{p.name, p.state}
 	}
 	d.mu.Unlock()
-	return Status{
-		Version:   Version,
-		GoVersion: runtime.Version(),
-		Platform:  runtime.GOOS + "/" + runtime.GOARCH,
-		Role:      "standalone (the election is not built into this daemon yet)",
-		Domain:    d.cfg.Site.Domain,
-		Started:   d.started,
-		UptimeSec: d.clock.Since(d.started).Seconds(),
-		StateDir:  d.cfg.StateDir(),
-		Config:    d.cfg.Source,
-		Parts:     parts,
+	st := Status{
+		Version:    Version,
+		GoVersion:  runtime.Version(),
+		Platform:   runtime.GOOS + "/" + runtime.GOARCH,
+		Node:       d.nodeID.String(),
+		NodeKey:    hex.EncodeToString(d.key.Public().(ed25519.PublicKey)),
+		Domain:     d.cfg.Site.Domain,
+		Started:    d.started,
+		UptimeSec:  d.clock.Since(d.started).Seconds(),
+		StateDir:   d.cfg.StateDir(),
+		Config:     d.cfg.Source,
+		Superpeers: []SuperpeerRef{},
+		Parts:      parts,
+		Role:       "starting",
 	}
+	if d.secret != nil {
+		st.Site = d.secret.SiteID()
+	}
+	if d.node != nil {
+		set := d.node.Superpeers()
+		for _, m := range set.Members {
+			st.Superpeers = append(st.Superpeers, SuperpeerRef{Node: m.ID, SIP: m.Services.SIP, TURN: m.Services.TURN})
+		}
+		es := d.node.Status()
+		switch {
+		case d.cfg.Site.Role == "peer":
+			st.Role = "desktop agent"
+		case set.Contains(st.Node):
+			st.Role = "superpeer"
+		default:
+			st.Role = "peer"
+		}
+		if es.Voter {
+			st.Role += ", voter"
+		}
+		if es.State == "leader" {
+			st.Role += ", leader"
+		}
+	}
+	if d.nat != nil {
+		ns := d.nat.status()
+		st.NAT = ns.Reachability
+		if ns.Behaviour != nil {
+			st.NAT += fmt.Sprintf(" (%s mapping, %s filtering, external %s)", ns.Behaviour.Mapping, ns.Behaviour.Filtering, ns.Behaviour.External.Addr())
+		} else if ns.Error != "" {
+			st.NAT += " (" + ns.Error + ")"
+		}
+		est, unc, measured := d.lifetime()
+		if measured {
+			st.Lifetime = fmt.Sprintf("%v ± %v (measured)", est.Round(time.Second), unc.Round(100*time.Millisecond))
+		} else {
+			st.Lifetime = "not measured"
+		}
+		st.Pinholes = len(d.nat.keeper.Snapshot())
+	}
+	if s := d.services(); s != nil && s.overlay != nil {
+		for _, l := range s.overlay.Status().Links {
+			if l.Linked {
+				st.Links++
+			}
+		}
+	}
+	return st
 }
 
 func (d *Daemon) routes() {
-	d.control.Handle(http.MethodGet, "/v1/status", func(context.Context, *http.Request) (any, error) {
-		return d.Status(), nil
-	})
-	for path, what := range map[string]string{
-		"/v1/pinholes": "the pinhole table (nat)",
-		"/v1/nat":      "NAT behaviour discovery (nat)",
-		"/v1/peers":    "the site's members (election)",
-		"/v1/overlay":  "overlay links (overlay)",
-		"/v1/discover": "LAN discovery (election)",
-	} {
+	get := func(path string, h func() (any, error)) {
 		d.control.Handle(http.MethodGet, path, func(context.Context, *http.Request) (any, error) {
-			return nil, &control.UnavailableError{What: what, Why: "not built into this daemon yet"}
+			select {
+			case <-d.ready:
+			default:
+				return nil, &control.UnavailableError{What: path, Why: "the daemon is still starting"}
+			}
+			return h()
 		})
 	}
+	get("/v1/status", func() (any, error) { return d.Status(), nil })
+	get("/v1/pinholes", func() (any, error) {
+		return struct {
+			Pinholes any `json:"pinholes"`
+		}{d.nat.keeper.Snapshot()}, nil
+	})
+	get("/v1/nat", func() (any, error) { return d.nat.status(), nil })
+	get("/v1/peers", func() (any, error) { return d.node.Status(), nil })
+	get("/v1/discover", func() (any, error) {
+		return struct {
+			Heard any `json:"heard"`
+		}{d.node.Discover()}, nil
+	})
+	get("/v1/overlay", func() (any, error) {
+		s := d.services()
+		if s == nil || s.overlay == nil {
+			return nil, &control.UnavailableError{What: "overlay", Why: errNotSuperpeer.Error() + " (only superpeers hold overlay links)"}
+		}
+		return s.overlay.Status(), nil
+	})
+	get("/v1/sip", func() (any, error) {
+		s := d.services()
+		if s == nil || s.sip == nil {
+			return nil, &control.UnavailableError{What: "sip", Why: errNotSuperpeer.Error()}
+		}
+		return s.sip.Status(), nil
+	})
+	get("/v1/turn", func() (any, error) {
+		s := d.services()
+		if s == nil || s.turn == nil {
+			return nil, &control.UnavailableError{What: "turn", Why: errNotSuperpeer.Error()}
+		}
+		return s.turn.Status(), nil
+	})
+	get("/v1/join-token", func() (any, error) {
+		return struct {
+			Site  string `json:"site"`
+			Token string `json:"token"`
+		}{d.secret.SiteID(), d.secret.Token()}, nil
+	})
+	d.control.Handle(http.MethodPost, "/v1/turn/credentials", func(ctx context.Context, r *http.Request) (any, error) {
+		s := d.services()
+		if s == nil || s.turn == nil {
+			return nil, &control.UnavailableError{What: "turn", Why: errNotSuperpeer.Error()}
+		}
+		user := r.URL.Query().Get("user")
+		if user == "" {
+			user = "lan"
+		}
+		return s.turn.Credentials(user, d.cfg.TURN.CredentialLifetime)
+	})
 }
+
+func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

@@ -21,7 +21,7 @@ func startDaemon(t *testing.T, cfgText string) *Daemon {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := config.Parse("test.conf", []byte(cfgText), base)
+	cfg, err := config.Parse("test.conf", []byte(testPorts+cfgText), base)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,6 +53,21 @@ func startDaemon(t *testing.T, cfgText string) *Daemon {
 	}
 	return d
 }
+
+// testPorts lets daemons of tests that run side by side pick free ports;
+// cfgText may set a key of another section after it.
+const testPorts = `
+[election]
+listen = 127.0.0.1:0
+dnssd = false
+[overlay]
+listen = 127.0.0.1:0
+[sip]
+listen = 127.0.0.1:0
+agent_listen = 127.0.0.1:0
+[turn]
+listen = 127.0.0.1:0
+`
 
 func TestMetricsOffByDefault(t *testing.T) {
 	d := startDaemon(t, "")

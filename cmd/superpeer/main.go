@@ -222,13 +222,42 @@ func show(w io.Writer, raw []byte, asJSON, watching bool) error {
 }
 
 func natCommand(args []string, stdout, stderr io.Writer) int {
-	for _, a := range args {
-		if a == "--stun" || a == "-stun" || a == "--lifetime" || a == "-lifetime" || len(a) > 7 && (a[:7] == "--stun=" || a[:6] == "-stun=") {
-			fmt.Fprintln(stderr, "superpeer nat: NAT behaviour discovery and lifetime measurement are not built into this binary yet")
-			return control.ExitUnavailable
-		}
+	fs := flag.NewFlagSet("superpeer nat", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	stun := fs.String("stun", "", "ask this RFC 5780 STUN server (host:port) from this host, without the daemon")
+	lifetime := fs.Bool("lifetime", false, "with --stun: also measure the UDP binding lifetime (takes a little longer than the lifetime)")
+	maxLife := fs.Duration("max-lifetime", 0, "with --lifetime: the longest lifetime probed (default 10m)")
+	asJSON := fs.Bool("json", false, "print JSON for programs")
+	socket := fs.String("socket", "", "the daemon's control socket")
+	cfgPath := fs.String("config", "", "the daemon's configuration file, to find its socket")
+	stateDir := fs.String("state-dir", "", "the daemon's state directory, to find its socket")
+	if err := fs.Parse(args); err != nil {
+		return control.ExitUsage
 	}
-	return query("/v1/nat", false)(args, stdout, stderr)
+	if *stun == "" {
+		if *lifetime {
+			fmt.Fprintln(stderr, "superpeer nat: --lifetime needs --stun HOST:PORT (the daemon reports its own measurement without it)")
+			return control.ExitUsage
+		}
+		var fwd []string
+		for _, f := range []struct{ name, v string }{{"socket", *socket}, {"config", *cfgPath}, {"state-dir", *stateDir}} {
+			if f.v != "" {
+				fwd = append(fwd, "--"+f.name, f.v)
+			}
+		}
+		if *asJSON {
+			fwd = append(fwd, "--json")
+		}
+		return query("/v1/nat", false)(fwd, stdout, stderr)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	check := superpeer.NATCheck{Server: *stun, Lifetime: *lifetime, MaxLifetime: *maxLife, JSON: *asJSON}
+	if err := check.Run(ctx, stdout); err != nil {
+		fmt.Fprintf(stderr, "superpeer nat: %v\n", err)
+		return control.ExitError
+	}
+	return control.ExitOK
 }
 
 func version(args []string, stdout, stderr io.Writer) int {

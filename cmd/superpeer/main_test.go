@@ -19,6 +19,21 @@ import (
 
 var binary string
 
+// testPorts: the defaults but for the listening ports, so that daemons of
+// tests running side by side do not collide.
+const testPorts = `
+[election]
+listen = 127.0.0.1:0
+dnssd = false
+[overlay]
+listen = 127.0.0.1:0
+[sip]
+listen = 127.0.0.1:0
+agent_listen = 127.0.0.1:0
+[turn]
+listen = 127.0.0.1:0
+`
+
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "superpeer-bin-")
 	if err != nil {
@@ -42,7 +57,11 @@ func TestMain(m *testing.M) {
 func daemon(t *testing.T, extra ...string) (stateDir string, cmd *exec.Cmd, stderr *bytes.Buffer) {
 	t.Helper()
 	stateDir = t.TempDir()
-	cmd = exec.Command(binary, append([]string{"run", "--state-dir", stateDir}, extra...)...)
+	conf := filepath.Join(stateDir, "test.conf")
+	if err := os.WriteFile(conf, []byte(testPorts), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd = exec.Command(binary, append([]string{"run", "--state-dir", stateDir, "--config", conf}, extra...)...)
 	stderr = &bytes.Buffer{}
 	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {

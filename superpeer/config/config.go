@@ -11,6 +11,7 @@ package config
 
 import (
 	_ "embed"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -100,9 +101,13 @@ type Election struct {
 	Listen string `conf:"listen"`
 	// Superpeers is how many superpeers the site elects.
 	Superpeers int `conf:"superpeers"`
-	// Join is a peer to join at first start (host:port); empty means
-	// discover the site on the LAN.
-	Join string `conf:"join"`
+	// JoinToken joins an existing site at the first start: the token a
+	// member shows with `superpeer peers --join-token`. Empty at the first
+	// start founds a new site (a lone machine is a site of one).
+	JoinToken string `conf:"join_token"`
+	// DNSSD advertises the peer and, on superpeers, SIP, STUN and TURN by
+	// multicast DNS (DNS-SD) for softphones and desktop agents.
+	DNSSD bool `conf:"dnssd"`
 }
 
 // Overlay is about links to other sites.
@@ -120,6 +125,10 @@ type Overlay struct {
 type SIP struct {
 	// Listen is the SIP address for UDP and TCP.
 	Listen string `conf:"listen"`
+	// AgentListen is where a desktop agent (site.role = peer) serves
+	// softphones: they use it as their outbound proxy and it forwards to
+	// whichever superpeer is current.
+	AgentListen string `conf:"agent_listen"`
 	// TLSListen, TLSCert and TLSKey enable SIP over TLS when all are set.
 	TLSListen string `conf:"tls_listen"`
 	TLSCert   string `conf:"tls_cert"`
@@ -284,6 +293,10 @@ func (c *Config) Validate() error {
 		addr, key, ok := strings.Cut(b, "/")
 		if !ok || key == "" {
 			bad("overlay.bootstrap", "%q: want host:port/nodekey", b)
+			continue
+		}
+		if k, err := hex.DecodeString(key); err != nil || len(k) != 32 {
+			bad("overlay.bootstrap", "%q: the node key must be 64 hex digits (an ed25519 public key)", b)
 			continue
 		}
 		if _, _, err := splitHostPort(addr); err != nil {

@@ -35,7 +35,7 @@ domain = "example.org"
 listen = 192.0.2.1:5070
 flood_window = 5s
 [overlay]
-bootstrap = 198.51.100.7:4701/abc, 203.0.113.9:4701/def
+bootstrap = 198.51.100.7:4790/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa, 203.0.113.9:4790/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb
 `), 0o600)
 	c, err := Load(path)
 	if err != nil {
@@ -44,7 +44,7 @@ bootstrap = 198.51.100.7:4701/abc, 203.0.113.9:4701/def
 	if c.Site.Domain != "example.org" || c.SIP.Listen != "192.0.2.1:5070" || c.SIP.FloodWindow != 5*time.Second {
 		t.Fatalf("overrides not applied: %+v %+v", c.Site, c.SIP)
 	}
-	if len(c.Overlay.Bootstrap) != 2 || c.Overlay.Bootstrap[1] != "203.0.113.9:4701/def" {
+	if len(c.Overlay.Bootstrap) != 2 || c.Overlay.Bootstrap[1] != "203.0.113.9:4790/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb" {
 		t.Fatalf("list parsed as %q", c.Overlay.Bootstrap)
 	}
 	if c.TURN.Listen != ":3478" {
@@ -75,7 +75,8 @@ func TestBadFileRefusedWithLineAndReason(t *testing.T) {
 		{"bad listen", "[sip]\nlisten = localhost:5060\n", 2, "listen on an IP address"},
 		{"bad port", "[turn]\nlisten = :99999\n", 2, "out of range"},
 		{"bad prefix", "[turn]\nallow_peers = 192.168.1.0/24, lan\n", 2, `"lan" is not a prefix`},
-		{"bad bootstrap", "[overlay]\nbootstrap = 203.0.113.1:4701\n", 2, "want host:port/nodekey"},
+		{"bad bootstrap", "[overlay]\nbootstrap = 203.0.113.1:4790\n", 2, "want host:port/nodekey"},
+		{"bad node key", "[overlay]\nbootstrap = 203.0.113.1:4790/abc\n", 2, "64 hex digits"},
 		{"public without stun", "[site]\npublic = true\n", 2, "needs nat.stun_listen"},
 		{"binary", "\xff\xfe[sip]\n", 0, "not UTF-8"},
 	} {

@@ -1,0 +1,113 @@
+package superpeer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+
+	"github.com/pion/transport/v5/stdnet"
+
+	"github.com/superpeer/superpeer/election"
+)
+
+// startElection joins or founds the site's group. The site secret comes
+// from the state directory; at the first start it is made (a lone machine
+// founds its site) unless the configuration carries a join token from a
+// member of an existing site.
+func (d *Daemon) startElection(ctx context.Context) (*election.Node, error) {
+	dir := d.cfg.StateDir()
+	secret, err := election.OpenSecret(dir, false)
+	if errors.Is(err, election.ErrNoSecret) || (err == nil && secret == nil) {
+		if tok := d.cfg.Election.JoinToken; tok != "" {
+			secret, err = election.ParseJoinToken(tok)
+			if err != nil {
+				return nil, fmt.Errorf("election.join_token: %w", err)
+			}
+			if err := secret.Save(dir); err != nil {
+				return nil, fmt.Errorf("saving the site secret: %w", err)
+			}
+			d.log.Info("joined a site with a join token", "site", secret.SiteID())
+		} else {
+			secret, err = election.OpenSecret(dir, true)
+			if err == nil {
+				d.log.Info("founded a new site", "site", secret.SiteID())
+			}
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("site secret: %w", err)
+	}
+	d.secret = secret
+
+	cfg := election.DefaultConfig()
+	cfg.NodeID = d.nodeID.String()
+	cfg.Role = election.RoleFull
+	if d.cfg.Site.Role == "peer" {
+		cfg.Role = election.RolePeer
+	}
+	class := d.deviceClass()
+	power := election.PowerMains
+	if class == election.ClassLaptop {
+		power = election.PowerBattery
+	}
+	cfg.Capability = election.HostCapability(class, power, electionReach(d.nat.reachability()), 0)
+	cfg.Secret = secret
+	cfg.DataDir = filepath.Join(dir, "election")
+	cfg.Net, cfg.Clock, cfg.Logger = d.net, d.clock, d.log.With("part", "election")
+	cfg.BindAddr = d.cfg.Election.Listen
+	cfg.SuperpeerCount = d.cfg.Election.Superpeers
+	// pion/mdns opens sockets of its own, outside the Net seam: DNS-SD only
+	// where the daemon runs on the host's own network.
+	_, onHost := d.net.(*stdnet.Net)
+	cfg.DNSSD = onHost && d.cfg.Election.DNSSD
+	cfg.Services = d.serviceAddrs(cfg.Role)
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return election.Start(ctx, cfg)
+}
+
+// serviceAddrs are where this node would serve the LAN as a superpeer.
+func (d *Daemon) serviceAddrs(role election.Role) election.Services {
+	if role == election.RolePeer {
+		return election.Services{}
+	}
+	ip := d.lanAddr()
+	if !ip.IsValid() {
+		return election.Services{}
+	}
+	port := func(listen string) string {
+		_, p, _ := net.SplitHostPort(listen)
+		return net.JoinHostPort(ip.String(), p)
+	}
+	s := election.Services{SIP: port(d.cfg.SIP.Listen), TURN: port(d.cfg.TURN.Listen)}
+	if d.cfg.Site.Public {
+		s.STUN = d.cfg.NAT.STUNListen
+	}
+	return s
+}
+
+// deviceClass is the configured class, or a guess: a host that forwards
+// IPv4 is the router; a battery means a laptop; ARM and MIPS boards are
+// always-on boards; the rest are desktops.
+func (d *Daemon) deviceClass() election.DeviceClass {
+	switch c := d.cfg.Site.DeviceClass; c {
+	case "router", "board", "desktop", "laptop":
+		return election.DeviceClass(c)
+	}
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward"); err == nil && strings.TrimSpace(string(b)) == "1" {
+		return election.ClassRouter
+	}
+	if m, _ := filepath.Glob("/sys/class/power_supply/BAT*"); len(m) > 0 {
+		return election.ClassLaptop
+	}
+	if strings.HasPrefix(runtime.GOARCH, "arm") || strings.HasPrefix(runtime.GOARCH, "mips") {
+		return election.ClassBoard
+	}
+	return election.ClassDesktop
+}

@@ -1,0 +1,273 @@
+package superpeer
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/superpeer/superpeer/election"
+	"github.com/superpeer/superpeer/nat"
+	"github.com/superpeer/superpeer/nat/portmap"
+	"github.com/superpeer/superpeer/nat/probe"
+	"github.com/superpeer/superpeer/nat/stunserver"
+	"github.com/superpeer/superpeer/overlay"
+)
+
+// natPart is the daemon's way through its NAT: the RFC 5780 server of a
+// public node, what discovery learnt, the lifetime estimate, the port
+// mapper and the keeper that every other part registers its pinholes with.
+type natPart struct {
+	d      *Daemon
+	stun   *stunserver.Server
+	keeper *nat.Keeper
+	est    *probe.Estimator // nil when no STUN server is known
+	pm     *portmap.Client  // nil when port mapping is off or no gateway answers
+	server string           // the STUN server asked, host:port, or ""
+
+	mu       sync.Mutex // guards following
+	report   *probe.Report
+	discErr  string
+	mappings []*portmap.Held
+}
+
+// NATStatus is the answer of `superpeer nat` (from the daemon).
+type NATStatus struct {
+	STUNServer   string                  `json:"stun_server"`
+	Reachability string                  `json:"reachability"`
+	Behaviour    *probe.Report           `json:"behaviour,omitempty"`
+	Error        string                  `json:"error,omitempty"`
+	Lifetime     *probe.EstimatorStatus  `json:"lifetime,omitempty"`
+	Mappings     []portmap.MappingStatus `json:"mappings"`
+	Serving      []string                `json:"serving_stun,omitempty"`
+}
+
+func (d *Daemon) startNAT(ctx context.Context) (*natPart, error) {
+	p := &natPart{d: d}
+	cfg := d.cfg
+
+	if cfg.Site.Public {
+		sc := stunserver.DefaultConfig()
+		sc.Net, sc.Clock, sc.Logger = d.net, d.clock, d.log.With("part", "stun")
+		prim, pport, err := parseAddrPort(cfg.NAT.STUNListen)
+		if err != nil {
+			return nil, fmt.Errorf("nat.stun_listen: %w", err)
+		}
+		alt, aport, err := parseAddrPort(cfg.NAT.STUNAlternate)
+		if err != nil {
+			return nil, fmt.Errorf("nat.stun_alternate: %w", err)
+		}
+		sc.Primary, sc.Port, sc.Alternate, sc.AltPort = prim, pport, alt, aport
+		sc.Software = "superpeer " + Version
+		s, err := stunserver.New(sc)
+		if err != nil {
+			return nil, fmt.Errorf("RFC 5780 STUN server: %w", err)
+		}
+		p.stun = s
+		go s.Run(ctx)
+	}
+
+	p.server = p.stunServer()
+	kc := nat.DefaultKeeperConfig()
+	kc.Clock, kc.Logger = d.clock, d.log.With("part", "keeper")
+	kc.DefaultLifetime = min(kc.DefaultLifetime, cfg.NAT.DefaultLifetime)
+	if p.server != "" {
+		ec := probe.DefaultEstimatorConfig()
+		ec.Probe.Server, ec.Probe.Net, ec.Probe.Clock = p.server, d.net, d.clock
+		ec.Probe.Logger = d.log.With("part", "lifetime")
+		ec.Default = cfg.NAT.DefaultLifetime
+		est, err := probe.NewEstimator(ec)
+		if err != nil {
+			return nil, fmt.Errorf("binding-lifetime estimator: %w", err)
+		}
+		p.est = est
+		kc.Lifetime = estimatorLifetime{est}
+		go est.Run(ctx)
+	}
+	k, err := nat.NewKeeper(kc)
+	if err != nil {
+		return nil, fmt.Errorf("keeper: %w", err)
+	}
+	if err := k.Start(); err != nil {
+		return nil, err
+	}
+	p.keeper = k
+
+	if cfg.NAT.PortMapping && !cfg.Site.Public {
+		pc := portmap.DefaultConfig()
+		pc.Net, pc.Clock, pc.Logger = d.net, d.clock, d.log.With("part", "portmap")
+		pc.Description = "superpeer"
+		if c, err := portmap.New(pc); err == nil {
+			p.pm = c
+		} else {
+			d.log.Info("port mapping off", "reason", err)
+		}
+	}
+	return p, nil
+}
+
+// stunServer is the configured STUN server, else the first bootstrap
+// node's host on the STUN port (public bootstrap nodes serve RFC 5780).
+func (p *natPart) stunServer() string {
+	cfg := p.d.cfg
+	if len(cfg.NAT.STUNServers) > 0 {
+		return cfg.NAT.STUNServers[0]
+	}
+	if cfg.Site.Public {
+		return ""
+	}
+	for _, b := range cfg.Overlay.Bootstrap {
+		addr, _, _ := strings.Cut(b, "/")
+		if host, _, err := net.SplitHostPort(addr); err == nil {
+			return net.JoinHostPort(host, "3478")
+		}
+	}
+	return ""
+}
+
+// discover runs RFC 5780 behaviour discovery and keeps the report.
+func (p *natPart) discover(ctx context.Context) {
+	if p.server == "" {
+		p.mu.Lock()
+		p.discErr = "no STUN server configured (nat.stun_servers, or a bootstrap node)"
+		p.mu.Unlock()
+		return
+	}
+	pc := probe.DefaultConfig()
+	pc.Server, pc.Net, pc.Clock, pc.Logger = p.server, p.d.net, p.d.clock, p.d.log.With("part", "discovery")
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	r, err := probe.Discover(ctx, pc)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err != nil {
+		p.discErr = err.Error()
+		p.d.log.Warn("NAT discovery failed", "server", p.server, "err", err)
+		return
+	}
+	p.report, p.discErr = r, ""
+	p.d.log.Info("NAT discovered", "external", r.External, "mapping", r.Mapping, "filtering", r.Filtering, "port_preserving", r.PortPreserving)
+}
+
+// reachability is nat's verdict for the overlay and the election score.
+func (p *natPart) reachability() overlay.Reachability {
+	if p.d.cfg.Site.Public {
+		return overlay.Public
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, h := range p.mappings {
+		if s := h.Status(); s.Active && s.Verified {
+			return overlay.Mapped
+		}
+	}
+	switch {
+	case p.report == nil:
+		return overlay.Unknown
+	case !p.report.NAT:
+		return overlay.Public
+	case p.report.Mapping == probe.EndpointIndependent:
+		return overlay.EndpointIndependent
+	default:
+		return overlay.Symmetric
+	}
+}
+
+func electionReach(r overlay.Reachability) election.Reachability {
+	switch r {
+	case overlay.Public:
+		return election.ReachPublic
+	case overlay.Mapped:
+		return election.ReachMapped
+	case overlay.EndpointIndependent:
+		return election.ReachEIM
+	case overlay.Symmetric:
+		return election.ReachSymmetric
+	}
+	return election.ReachUnknown
+}
+
+// hold asks the gateway to forward a local UDP port and tells the keeper
+// that flows from that socket need no keepalives while it does.
+func (p *natPart) hold(local netip.AddrPort) {
+	if p.pm == nil {
+		return
+	}
+	h, err := p.pm.Hold(local, portmap.HoldOptions{OnChange: func(s portmap.MappingStatus) {
+		if s.Active && s.Verified {
+			p.keeper.Cover(s.Internal, nat.Method(s.Protocol), s.External)
+		} else {
+			p.keeper.Uncover(s.Internal)
+		}
+	}})
+	if err != nil {
+		p.d.log.Info("no port mapping", "port", local.Port(), "err", err)
+		return
+	}
+	p.mu.Lock()
+	p.mappings = append(p.mappings, h)
+	p.mu.Unlock()
+}
+
+func (p *natPart) status() NATStatus {
+	st := NATStatus{STUNServer: p.server, Reachability: p.reachability().String(), Mappings: []portmap.MappingStatus{}}
+	p.mu.Lock()
+	st.Behaviour, st.Error = p.report, p.discErr
+	for _, h := range p.mappings {
+		st.Mappings = append(st.Mappings, h.Status())
+	}
+	p.mu.Unlock()
+	if p.est != nil {
+		es := p.est.Status()
+		st.Lifetime = &es
+	}
+	if p.stun != nil {
+		for _, a := range p.stun.Addrs() {
+			st.Serving = append(st.Serving, a.String())
+		}
+	}
+	return st
+}
+
+func (p *natPart) close(ctx context.Context) {
+	if p.pm != nil {
+		p.pm.Close(ctx)
+	}
+	if p.keeper != nil {
+		p.keeper.Close()
+	}
+	if p.stun != nil {
+		p.stun.Close()
+	}
+}
+
+// estimatorLifetime adapts the probe Estimator to the keeper's source.
+type estimatorLifetime struct{ e *probe.Estimator }
+
+func (a estimatorLifetime) Lifetime() (time.Duration, time.Duration, bool) {
+	est, unc, _, measured := a.e.Lifetime()
+	return est, unc, measured
+}
+
+func (a estimatorLifetime) ObserveRemap(idle time.Duration) { a.e.ObserveRemap(idle) }
+
+// parseAddrPort reads "ip:port" (the host must be an IP address).
+func parseAddrPort(s string) (netip.Addr, uint16, error) {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return netip.Addr{}, 0, err
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return netip.Addr{}, 0, fmt.Errorf("%q: want an IP address", host)
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return netip.Addr{}, 0, fmt.Errorf("port %q: %w", port, err)
+	}
+	return a, uint16(n), nil
+}
