@@ -293,7 +293,7 @@ func (l *Lab) buildSite(ctx context.Context, wan *Host, j int, sc SiteConfig) (*
 		}
 		cgn.Addr, cgn.Addrs = ext, []netip.Addr{ext, nthAddr(shared, 1)}
 		// The carrier's NAT maps endpoint-independently, as RFC 6888 asks.
-		if err := cgn.nft(ctx, natRuleset("isp0", "wan0", PortPreserving, 0, nil)); err != nil {
+		if err := cgn.nft(ctx, natRuleset("isp0", "wan0", PortPreserving, 0, nil, nil)); err != nil {
 			return nil, err
 		}
 		if err := cgn.sysctl(ctx, "net.ipv4.ip_forward", "1"); err != nil {
@@ -358,7 +358,11 @@ func (l *Lab) buildSite(ctx context.Context, wan *Host, j int, sc SiteConfig) (*
 	if sc.PinholeLimit == 0 {
 		limited = nil
 	}
-	if err := nat.nft(ctx, natRuleset("br-lan", "wan0", sc.Mapping, sc.PinholeLimit, limited)); err != nil {
+	var trusted []netip.Addr
+	if sc.UPnP {
+		trusted = l.WAN[0].Addrs // the lab's STUN server
+	}
+	if err := nat.nft(ctx, natRuleset("br-lan", "wan0", sc.Mapping, sc.PinholeLimit, limited, trusted)); err != nil {
 		return nil, err
 	}
 	// Conntrack's sysctls exist once the ruleset has loaded nf_conntrack;

@@ -15,7 +15,7 @@ import (
 // LAN started (plus what miniupnpd maps), masquerade towards the WAN, and
 // optionally cap each LAN host's flows. The empty miniupnpd chains are where
 // miniupnpd puts its rules (upnp_*_chain in its config).
-func natRuleset(lanIf, wanIf string, m Mapping, limit int, limited []netip.Addr) string {
+func natRuleset(lanIf, wanIf string, m Mapping, limit int, limited, trusted []netip.Addr) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "table inet lab {\n")
 	if limit > 0 {
@@ -37,6 +37,23 @@ func natRuleset(lanIf, wanIf string, m Mapping, limit int, limited []netip.Addr)
 	fmt.Fprintf(&b, "    iifname %q oifname %q accept\n", lanIf, wanIf)
 	fmt.Fprintf(&b, "    jump miniupnpd\n  }\n")
 	fmt.Fprintf(&b, "  chain miniupnpd {\n  }\n")
+	// Like a home router's WAN zone (OpenWrt: input reject), the router
+	// itself takes no new UDP flows from outside. Without this a probe that
+	// finds no mapping leaves a conntrack entry on the router that later
+	// collides with a LAN flow to the same peer, and masquerade then moves
+	// that flow to another port.
+	fmt.Fprintf(&b, "  chain input {\n    type filter hook input priority filter; policy accept;\n")
+	// trusted are the lab's STUN server: miniupnpd's ext_perform_stun must
+	// hear its CHANGE-REQUEST answers, which come from addresses it never
+	// sent to (a real router with a public WAN address does no STUN).
+	if len(trusted) > 0 {
+		ts := make([]string, len(trusted))
+		for i, a := range trusted {
+			ts[i] = a.String()
+		}
+		fmt.Fprintf(&b, "    iifname %q ip saddr { %s } accept\n", wanIf, strings.Join(ts, ", "))
+	}
+	fmt.Fprintf(&b, "    iifname %q meta l4proto udp ct state new drop\n  }\n", wanIf)
 	fmt.Fprintf(&b, "  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n    jump prerouting_miniupnpd\n  }\n")
 	fmt.Fprintf(&b, "  chain prerouting_miniupnpd {\n  }\n")
 	masq := "masquerade"

@@ -29,22 +29,6 @@ func TestLabAcceptance(t *testing.T) {
 			{Name: "rnd", Mapping: netlab.Random},
 		},
 	})
-	// A home router drops unsolicited packets to its own WAN address
-	// (OpenWrt's wan zone: input reject). Without that rule a probe that
-	// arrives before the local side has sent leaves a conntrack entry on
-	// the NAT host that collides with the outgoing flow of the hole
-	// punch, and masquerade moves that flow to another port.
-	for _, site := range lab.Sites {
-		for _, args := range [][]string{
-			{"add", "table", "inet", "home"},
-			{"add", "chain", "inet", "home", "input", "{ type filter hook input priority filter; policy accept; }"},
-			{"add", "rule", "inet", "home", "input", "ip", "daddr", site.External.String(), "meta", "l4proto", "udp", "ct", "state", "new", "drop"},
-		} {
-			if _, err := site.NAT.Run(context.Background(), "nft", args...); err != nil {
-				t.Fatalf("adding the home router's input rule: %v", err)
-			}
-		}
-	}
 	hostNet := func(h *netlab.Host) transport.Net {
 		n, err := h.Net()
 		if err != nil {
