@@ -2,7 +2,8 @@
 // veth pairs and bridges: a WAN with hosts on documentation addresses
 // (RFC 5737), and sites that are each a NAT host (nftables masquerade,
 // port-preserving or fully random, per-namespace conntrack UDP timeouts, a
-// per-host pinhole limit, optionally miniupnpd as a real UPnP IGD and
+// per-host pinhole limit, no new UDP flows from the WAN to the router
+// itself as a home router's WAN zone, optionally miniupnpd as a real UPnP IGD and
 // NAT-PMP gateway, optionally a carrier-grade NAT in front) with LAN hosts
 // behind it.
 //
