@@ -309,12 +309,14 @@ func (d *Daemon) lanAddr() netip.Addr {
 }
 
 // lanPrefix is the address and prefix of the host's first up,
-// non-loopback IPv4 interface address.
+// non-loopback IPv4 interface address, a private one (RFC 1918) first: on
+// a router the LAN side is private and the WAN side often is not.
 func (d *Daemon) lanPrefix() netip.Prefix {
 	ifs, err := d.net.Interfaces()
 	if err != nil {
 		return netip.Prefix{}
 	}
+	var first netip.Prefix
 	for _, ifc := range ifs {
 		if ifc.Flags&net.FlagUp == 0 || ifc.Flags&net.FlagLoopback != 0 {
 			continue
@@ -333,10 +335,16 @@ func (d *Daemon) lanPrefix() netip.Prefix {
 				continue
 			}
 			bits, _ := ipn.Mask.Size()
-			return netip.PrefixFrom(ip.Unmap(), bits)
+			p := netip.PrefixFrom(ip.Unmap(), bits)
+			if p.Addr().IsPrivate() {
+				return p
+			}
+			if !first.IsValid() {
+				first = p
+			}
 		}
 	}
-	return netip.Prefix{}
+	return first
 }
 
 // parseBootstrap reads "host:port/nodekey" entries; the key is the node's
