@@ -126,8 +126,8 @@ func TestUCITranslation(t *testing.T) {
 			want(t, c.Site.DeviceClass, "router")
 			want(t, c.SIP.Listen, ":5060")
 			want(t, c.TURN.Listen, ":3478")
-			want(t, c.Overlay.Listen, ":4701")
-			want(t, c.Election.Listen, ":4702")
+			want(t, c.Overlay.Listen, ":4790")
+			want(t, c.Election.Listen, ":5071")
 		}},
 		{"keys not set keep the defaults", "config site 'site'\n\toption domain 'example.org'\n", func(t *testing.T, c *config.Config) {
 			want(t, c.Site.Domain, "example.org")
@@ -242,9 +242,9 @@ func TestFirewallPorts(t *testing.T) {
 		want      string
 	}{
 		{"the package's configuration", string(shipped),
-			"udp 5353,5060,3478,4701\ntcp 5060,3478,4702\nudp 49152-65535\n"},
+			"udp 5353,5060,3478,4790,5071\ntcp 5060,3478,5071\nudp 49152-65535\n"},
 		{"nothing configured: the daemon's defaults", "",
-			"udp 5353,5060,3478,4701\ntcp 5060,3478,4702\nudp 49152-65535\n"},
+			"udp 5353,5060,3478,4790,5071\ntcp 5060,3478,5071\nudp 49152-65535\n"},
 		{"moved ports, TLS, a public node's STUN, a narrower relay range", `
 config sip 'sip'
 	option listen '192.168.1.1:5070'
@@ -255,7 +255,7 @@ config turn 'turn'
 config nat 'nat'
 	option stun_listen '203.0.113.1:3478'
 	option stun_alternate '203.0.113.2:3479'
-`, "udp 5353,5070,3478,4701,3479\ntcp 5070,3478,4702,5061\nudp 50000-50999\n"},
+`, "udp 5353,5070,3478,4790,5071,3479\ntcp 5070,3478,5071,5061\nudp 50000-50999\n"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -303,8 +303,8 @@ nft list chain inet fw4 superpeer_input`
 		t.Errorf("input_guest jumps to superpeer_input %d times, want once:\n%s", n, out)
 	}
 	for _, rule := range []string{
-		"udp dport { 3478, 4701, 5070, 5353 } accept",
-		"tcp dport { 3478, 4702, 5070 } accept",
+		"udp dport { 3478, 4790, 5070, 5071, 5353 } accept",
+		"tcp dport { 3478, 5070, 5071 } accept",
 		"udp dport 49152-65535 accept",
 	} {
 		if !strings.Contains(out, rule) {

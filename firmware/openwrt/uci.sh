@@ -124,10 +124,10 @@ superpeer_lan_ports() {
 	fi
 	# SIP and TURN (UDP and TCP) for the LAN's phones; the election is the
 	# site's Raft group (TCP); the overlay (UDP) for the site's other
-	# peers; mDNS (UDP 5353) for LAN discovery (DNS-SD); STUN when this is
+	# peers and its announcements (UDP, on the election port); mDNS (UDP 5353) for LAN discovery (DNS-SD); STUN when this is
 	# a public node.
 	udp=5353 tcp=
-	for p in sip.listen turn.listen overlay.listen nat.stun_listen nat.stun_alternate; do
+	for p in sip.listen turn.listen overlay.listen election.listen nat.stun_listen nat.stun_alternate; do
 		p=$(_sp_port "${p%%.*}" "${p#*.}") && udp="$udp,$p"
 	done
 	for p in sip.listen turn.listen election.listen sip.tls_listen; do
