@@ -271,7 +271,7 @@ func (l *Lab) buildSite(ctx context.Context, wan *Host, j int, sc SiteConfig) (*
 		return nil, err
 	}
 	s.NAT = nat
-	natWANAddr, natWANBits := ext, wanPrefix.Bits()
+	natWANAddr := ext
 	if sc.CGNAT {
 		cgn, err := l.addNS(ctx, fmt.Sprintf("c%d", j), sc.Name+"-cgn")
 		if err != nil {
@@ -299,8 +299,8 @@ func (l *Lab) buildSite(ctx context.Context, wan *Host, j int, sc SiteConfig) (*
 		if err := cgn.sysctl(ctx, "net.ipv4.ip_forward", "1"); err != nil {
 			return nil, err
 		}
-		natWANAddr, natWANBits = nthAddr(shared, 2), shared.Bits()
-		if err := nat.addAddr(ctx, "wan0", natWANAddr, natWANBits); err != nil {
+		natWANAddr = nthAddr(shared, 2)
+		if err := nat.addAddr(ctx, "wan0", natWANAddr, shared.Bits()); err != nil {
 			return nil, err
 		}
 		if err := nat.ip(ctx, "route", "add", "default", "via", nthAddr(shared, 1).String()); err != nil {

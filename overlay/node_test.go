@@ -51,10 +51,9 @@ func quietLogger() *slog.Logger {
 
 // lab is a vnet WAN with a public bootstrap node and NATed sites.
 type lab struct {
-	t    *testing.T
-	wan  *vnet.Router
-	boot *Node
-	key  ed25519.PrivateKey
+	t   *testing.T
+	wan *vnet.Router
+	key ed25519.PrivateKey
 }
 
 func newLab(t *testing.T) *lab {

@@ -135,16 +135,15 @@ type node struct {
 
 // Sim is one simulated overlay.
 type Sim struct {
-	cfg     Config
-	rnd     *rand.Rand
-	nodes   []*node
-	byID    map[routing.ID]*node
-	degMax  int
-	visited []routing.ID
-	now     time.Duration
-	events  eventQueue
-	live    *liveIndex   // built before the first lookup
-	pool    []routing.ID // IDs that joins will take, known to live
+	cfg    Config
+	rnd    *rand.Rand
+	nodes  []*node
+	byID   map[routing.ID]*node
+	degMax int
+	now    time.Duration
+	events eventQueue
+	live   *liveIndex   // built before the first lookup
+	pool   []routing.ID // IDs that joins will take, known to live
 }
 
 // New builds an empty simulator.
@@ -524,15 +523,6 @@ func (s *Sim) trueClosest(key routing.ID, r int) []routing.ID {
 		s.live.add(id, 1)
 	}
 	return out
-}
-
-// trueRoot returns the live node closest to key.
-func (s *Sim) trueRoot(key routing.ID) routing.ID {
-	if s.live == nil {
-		s.index(nil)
-	}
-	id, _ := s.live.root(key)
-	return id
 }
 
 func sortSearch(n int, f func(int) bool) int {
