@@ -9,7 +9,9 @@
 #   heavy: HEAVY packets/s per direction (6x: as much as the client, on
 #          its one CPU, can offer; a core's capacity is then read from
 #          the CPU time per relayed packet).
-# Every packet crosses the relay twice (to the peer and back). Each server
+# Every packet crosses the relay twice (to the peer and back). pion/turn as
+# it comes runs beside them, so that pion's cost and Superpeer's own layer
+# can be told apart. Each server
 # runs pinned to one CPU and the client to another (when there are two),
 # on loopback; coturn is Debian's default build started with an empty
 # config file. The script records relayed packets/s, server CPU per
@@ -48,12 +50,16 @@ if [ "$(nproc)" -ge 2 ]; then srv_cpu=1; cli_cpu=0; else srv_cpu=0; cli_cpu=0; f
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 port=34780
 
-start_server() { # $1: superpeer or coturn
+start_server() { # $1: superpeer, pion or coturn
   port=$((port + 1))
   case $1 in
   superpeer)
     taskset -c "$srv_cpu" "$tmp/turnbench" server -listen 127.0.0.1 -port "$port" -secret "$SECRET" \
       -allow 127.0.0.2/32 > "$tmp/server.log" 2>&1 &
+    ;;
+  pion)
+    taskset -c "$srv_cpu" "$tmp/turnbench" server -bare -listen 127.0.0.1 -port "$port" -secret "$SECRET" \
+      > "$tmp/server.log" 2>&1 &
     ;;
   coturn)
     taskset -c "$srv_cpu" turnserver -c "$tmp/empty.conf" --use-auth-secret --static-auth-secret "$SECRET" \
@@ -103,7 +109,7 @@ for run in $(seq "$RUNS"); do
   for load in light heavy; do
     rate=$LIGHT
     [ "$load" = heavy ] && rate=$HEAVY
-    for server in superpeer coturn; do
+    for server in superpeer pion coturn; do
       wait_quiet
       start_server "$server"
       taskset -c "$cli_cpu" "$tmp/turnbench" client -server "127.0.0.1:$port" -secret "$SECRET" \
@@ -131,7 +137,9 @@ echo "$table"
   echo "defaults (peer policy, quotas, bandwidth cap, counters), coturn with an empty config file and the flags"
   echo "the test needs (REST secret, loopback listener and peers). A relayed packet is one crossing of the relay;"
   echo "each round trip is two. Each measurement waited (up to a minute) for the machine to be 80 % idle;"
-  echo "$busy of $((RUNS * 5)) could not and ran beside other work."
+  echo "$busy of $((RUNS * 7)) could not and ran beside other work. \"pion/turn as it comes\" is pion v5 with its"
+  echo "REST handler, its allow-all permission handler and a plain relay-address generator: what Superpeer's"
+  echo "layer costs is the difference between the first two columns."
   echo
   echo "$table"
 } > "$tmp/section.md"

@@ -110,7 +110,7 @@ func (g *guard) peers(m *stun.Message, method stun.Method, src net.Addr, reply f
 	reason, phrase := "", ""
 	for _, p := range peers {
 		if ref := s.policy.Check(p.Addr()); ref != nil {
-			reason, phrase = ref.Reason, "Forbidden: "+ref.Range
+			reason, phrase = ref.Reason, "Forbidden" // the range stays in the log: no map of the LAN for clients
 			s.log.Debug("turn: refusing a peer", "client", src, "peer", p.Addr(), "form", ref.Form, "range", ref.Range, "method", method)
 			break
 		}

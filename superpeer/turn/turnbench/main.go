@@ -15,7 +15,8 @@
 // prints one JSON line: what was offered, what came back, the server's CPU
 // time per relayed packet (from /proc/PID/stat over the measured window)
 // and the round-trip latency percentiles. -direct skips the relay (client
-// -> peer -> client), the physical floor of the same machinery.
+// -> peer -> client), the physical floor of the same machinery; server
+// -bare runs pion/turn as it comes, to tell pion's cost from Superpeer's.
 package main
 
 import (
@@ -40,6 +41,7 @@ import (
 	"time"
 
 	"github.com/pion/stun/v4"
+	pionturn "github.com/pion/turn/v5"
 	"golang.org/x/net/ipv4"
 
 	"github.com/superpeer/superpeer/superpeer/turn"
@@ -80,6 +82,7 @@ func server(args []string) error {
 	allow := fs.String("allow", "", "comma-separated peer ranges to allow")
 	listeners := fs.Int("udp-listeners", 0, "UDP listeners sharing the port (0: the default, GOMAXPROCS)")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the whole run here")
+	bare := fs.Bool("bare", false, "run pion/turn as it comes (no policy, caps, NAT handling or counters) instead")
 	fs.Parse(args)
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
@@ -106,6 +109,11 @@ func server(args []string) error {
 			cfg.AllowPeers = append(cfg.AllowPeers, netip.MustParsePrefix(p))
 		}
 	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	if *bare {
+		return barePion(cfg, key, sig)
+	}
 	s, err := turn.New(cfg, nil, nil)
 	if err != nil {
 		return err
@@ -114,8 +122,31 @@ func server(args []string) error {
 		return err
 	}
 	fmt.Println("ready", s.UDPAddrs())
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	<-sig
+	return s.Close()
+}
+
+// barePion is the baseline of what Superpeer's layer costs: pion/turn with
+// its REST handler, its default (allow-all) permission handler and a
+// plain relay-address generator, one UDP listener.
+func barePion(cfg turn.Config, secret []byte, sig <-chan os.Signal) error {
+	addr := netip.AddrPortFrom(cfg.Listen[0], cfg.Port)
+	conn, err := net.ListenPacket("udp4", addr.String())
+	if err != nil {
+		return err
+	}
+	s, err := pionturn.NewServer(pionturn.ServerConfig{
+		Realm:       cfg.Realm,
+		AuthHandler: pionturn.LongTermTURNRESTAuthHandler(string(secret), nil),
+		PacketConnConfigs: []pionturn.PacketConnConfig{{
+			PacketConn:            conn,
+			RelayAddressGenerator: &pionturn.RelayAddressGeneratorNone{Address: addr.Addr().String()},
+		}},
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Println("ready", addr)
 	<-sig
 	return s.Close()
 }

@@ -72,7 +72,7 @@ func report(args []string) error {
 		}
 		return (xs[len(xs)/2-1] + xs[len(xs)/2]) / 2
 	}
-	for _, l := range []string{"superpeer/light", "coturn/light", "superpeer/heavy", "coturn/heavy", "direct/light"} {
+	for _, l := range []string{"superpeer/light", "pion/light", "coturn/light", "superpeer/heavy", "pion/heavy", "coturn/heavy", "direct/light"} {
 		if len(byLabel[l]) == 0 {
 			return fmt.Errorf("no results for %s", l)
 		}
@@ -84,10 +84,18 @@ func report(args []string) error {
 	p50 := func(r Result) float64 { return r.RTTp50 }
 	loss := func(r Result) float64 { return r.Loss * 100 }
 	offered := func(r Result) float64 { return r.OfferedPPS }
+	perCPU := func(r Result) float64 {
+		if r.CPUPerPacket == 0 {
+			return 0
+		}
+		return 1e6 / r.CPUPerPacket
+	}
 	floor := med("direct/light", p99)
 
 	var b strings.Builder
-	row := func(what string, sp, ct float64, unit string, higherBetter bool) {
+	load := ""
+	row := func(what string, f func(Result) float64, unit string, higherBetter bool) {
+		sp, bp, ct := med("superpeer/"+load, f), med("pion/"+load, f), med("coturn/"+load, f)
 		ratio := "–"
 		if ct > 0 && sp > 0 {
 			ratio = fmt.Sprintf("%.2f", sp/ct)
@@ -96,31 +104,24 @@ func report(args []string) error {
 		if higherBetter {
 			better = "higher is better"
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s (%s) |\n", what, num(sp, unit), num(ct, unit), ratio, better)
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s (%s) |\n", what, num(sp, unit), num(bp, unit), num(ct, unit), ratio, better)
 	}
-	perCPU := func(r Result) float64 {
-		if r.CPUPerPacket == 0 {
-			return 0
-		}
-		return 1e6 / r.CPUPerPacket
-	}
-	fmt.Fprintf(&b, "| median of %d runs | Superpeer | coturn %s | Superpeer / coturn |\n|---|---:|---:|---:|\n", runs, *coturn)
-	for _, load := range []string{"light", "heavy"} {
-		sp, ct := "superpeer/"+load, "coturn/"+load
+	fmt.Fprintf(&b, "| median of %d runs | Superpeer | pion/turn as it comes | coturn %s | Superpeer / coturn |\n|---|---:|---:|---:|---:|\n", runs, *coturn)
+	for _, load = range []string{"light", "heavy"} {
 		title := "RTP load"
 		if load == "heavy" {
 			title = "heavy load"
 		}
-		fmt.Fprintf(&b, "| **%s**: %.0f packets/s offered per direction | | | |\n", title, med(sp, offered))
-		row("relayed packets/s (both directions)", med(sp, relayed), med(ct, relayed), "", true)
-		row("loss", med(sp, loss), med(ct, loss), "%", false)
-		row("server CPU per relayed packet", med(sp, cpu), med(ct, cpu), "µs", false)
-		row("relayed packets per CPU-second (one core's capacity)", med(sp, perCPU), med(ct, perCPU), "", true)
-		row("round trip p50", med(sp, p50), med(ct, p50), "µs", false)
-		row("round trip p99", med(sp, p99), med(ct, p99), "µs", false)
+		fmt.Fprintf(&b, "| **%s**: %.0f packets/s offered per direction | | | | |\n", title, med("superpeer/"+load, offered))
+		row("relayed packets/s (both directions)", relayed, "", true)
+		row("loss", loss, "%", false)
+		row("server CPU per relayed packet", cpu, "µs", false)
+		row("relayed packets per CPU-second (one core's capacity)", perCPU, "", true)
+		row("round trip p50", p50, "µs", false)
+		row("round trip p99", p99, "µs", false)
 		if load == "light" {
 			row("p99 added by the relay (p99 − direct p99 of "+num(floor, "µs")+")",
-				med(sp, p99)-floor, med(ct, p99)-floor, "µs", false)
+				func(r Result) float64 { return r.RTTp99 - floor }, "µs", false)
 		}
 	}
 	ratio := func(sp, ct float64) float64 {
@@ -132,9 +133,11 @@ func report(args []string) error {
 	capLight := ratio(med("superpeer/light", perCPU), med("coturn/light", perCPU))
 	capHeavy := ratio(med("superpeer/heavy", perCPU), med("coturn/heavy", perCPU))
 	p99Light := ratio(med("superpeer/light", p99), med("coturn/light", p99))
+	layer := ratio(med("superpeer/light", cpu), med("pion/light", cpu))
 	fmt.Fprintf(&b, "\nWhere it stands (this run): per CPU-second Superpeer relays %.2fx coturn's packets at RTP load (%s) "+
-		"and %.2fx under heavy load (%s); its p99 round trip at RTP load is %.2fx coturn's (%s).\n",
-		capLight, verdict(capLight, true), capHeavy, verdict(capHeavy, true), p99Light, verdict(p99Light, false))
+		"and %.2fx under heavy load (%s); its p99 round trip at RTP load is %.2fx coturn's (%s). "+
+		"Its own layer (guard, peer policy, caps, counters) costs %.2fx bare pion's CPU per packet at RTP load.\n",
+		capLight, verdict(capLight, true), capHeavy, verdict(capHeavy, true), p99Light, verdict(p99Light, false), layer)
 	fmt.Print(b.String())
 	if runs == 0 {
 		return errors.New("no runs")
