@@ -101,6 +101,9 @@ type overlayLocation struct {
 	node  *overlay.Node
 	self  func() []dht.Contact // the site's superpeers, for records
 	inbox chan carried
+
+	mu    sync.Mutex // guards following
+	media func(from overlay.NodeID, p []byte)
 }
 
 type carried struct {
@@ -111,12 +114,30 @@ type carried struct {
 func newOverlayLocation(n *overlay.Node, self func() []dht.Contact) *overlayLocation {
 	l := &overlayLocation{node: n, self: self, inbox: make(chan carried, 4096)}
 	n.HandleMessages(func(from overlay.NodeID, p []byte) {
+		if len(p) > 0 && p[0] == mediaMsgPrefix {
+			l.mu.Lock()
+			fn := l.media
+			l.mu.Unlock()
+			if fn != nil {
+				fn(from, p)
+			}
+			return
+		}
 		select {
 		case l.inbox <- carried{from.String(), append([]byte(nil), p...)}:
 		default: // full: dropped like a datagram; SIP retransmits
 		}
 	})
 	return l
+}
+
+// handleMedia sets the receiver of the media relays' messages (payloads
+// that start with mediaMsgPrefix, which no SIP message does); fn must not
+// block.
+func (l *overlayLocation) handleMedia(fn func(from overlay.NodeID, p []byte)) {
+	l.mu.Lock()
+	l.media = fn
+	l.mu.Unlock()
 }
 
 func (l *overlayLocation) Publish(ctx context.Context, aor string, expires time.Time) error {
@@ -166,16 +187,48 @@ func (l *overlayLocation) Receive(ctx context.Context) (string, []byte, error) {
 // mapping covers the overlay socket, records that they need nothing.
 type linkPinholes struct {
 	keeper *nat.Keeper
-	mu     sync.Mutex
+	mu     sync.Mutex // guards following
 	holes  map[overlay.NodeID]*nat.Pinhole
+	node   *overlay.Node // set once the node exists
+}
+
+func (p *linkPinholes) setNode(n *overlay.Node) {
+	p.mu.Lock()
+	p.node = n
+	p.mu.Unlock()
+}
+
+// linked reports whether the overlay still holds its link to peer. The
+// overlay pings its links and drops one that stays silent for its
+// DeadAfter, so a link it holds has been answering.
+func (p *linkPinholes) linked(peer overlay.NodeID) bool {
+	p.mu.Lock()
+	n := p.node
+	p.mu.Unlock()
+	if n == nil {
+		return false
+	}
+	for _, l := range n.Status().Links {
+		if l.Peer == peer && l.Linked {
+			return true
+		}
+	}
+	return false
 }
 
 func (p *linkPinholes) LinkUp(peer overlay.NodeID, local, remote net.Addr, kind overlay.PathKind) {
 	l, r := addrPort(local), addrPort(remote)
+	var h *nat.Pinhole
 	h, err := p.keeper.Add(nat.PinholeSpec{Local: l, Remote: r, SeenReply: true,
-		// The overlay's own pings answer for the link; the keeper's
-		// refresh is one more of them, made by the link itself.
-		Hook: func(context.Context) error { return nil },
+		// The overlay's own pings keep the link and answer for it: the
+		// keeper's refresh asks whether the link is still up.
+		Hook: func(context.Context) error {
+			if !p.linked(peer) {
+				return errLinkDown
+			}
+			h.Replied(netip.AddrPort{})
+			return nil
+		},
 	})
 	if err != nil {
 		return
@@ -197,6 +250,8 @@ func (p *linkPinholes) LinkDown(peer overlay.NodeID) {
 		delete(p.holes, peer)
 	}
 }
+
+var errLinkDown = errors.New("overlay link is down")
 
 func addrPort(a net.Addr) netip.AddrPort {
 	if ua, ok := a.(*net.UDPAddr); ok {

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/superpeer/superpeer/nat"
@@ -28,6 +29,8 @@ type services struct {
 	overlay *overlay.Node
 	sip     *sip.Server
 	turn    *turn.Server
+	media   *mediaRelay
+	wg      sync.WaitGroup // the services' own goroutines (join, warm-up)
 }
 
 func (d *Daemon) startServices(ctx context.Context) (*services, error) {
@@ -37,7 +40,10 @@ func (d *Daemon) startServices(ctx context.Context) (*services, error) {
 		return nil, err
 	}
 
-	// Overlay.
+	// Overlay. How links are made depends on the NAT: when discovery at
+	// start found nothing (the bootstrap node was not up yet), ask again
+	// now rather than join as a node of unknown reachability.
+	d.awaitReachability(ctx)
 	boot, err := parseBootstrap(d.cfg.Overlay.Bootstrap)
 	if err != nil {
 		return fail(err)
@@ -47,26 +53,20 @@ func (d *Daemon) startServices(ctx context.Context) (*services, error) {
 	oc.Logger = d.log.With("part", "overlay")
 	oc.Listen = d.cfg.Overlay.Listen
 	oc.Reachability = d.nat.reachability()
+	oc.Advertise = d.overlayAdvertise(oc.Reachability)
 	oc.Bootstrap = boot
 	oc.Table.Degree = d.cfg.Overlay.MaxLinks
-	oc.Pinholes = &linkPinholes{keeper: d.nat.keeper, holes: map[overlay.NodeID]*nat.Pinhole{}}
+	links := &linkPinholes{keeper: d.nat.keeper, holes: map[overlay.NodeID]*nat.Pinhole{}}
+	oc.Pinholes = links
 	n, err := overlay.New(ctx, oc)
 	if err != nil {
 		return fail(fmt.Errorf("overlay: %w", err))
 	}
+	links.setNode(n)
 	s.overlay = n
 	if la, ok := n.Addr().(*net.UDPAddr); ok {
 		d.nat.hold(netip.AddrPortFrom(d.lanAddr(), uint16(la.Port)))
 	}
-	if len(boot) > 0 {
-		go func() {
-			if err := n.Join(ctx); err != nil && ctx.Err() == nil {
-				d.log.Warn("overlay join", "err", err)
-			}
-		}()
-	}
-	go n.Maintain(ctx)
-
 	// TURN.
 	if d.cfg.TURN.Listen != "" {
 		t, err := d.startTURN(ctx)
@@ -76,15 +76,39 @@ func (d *Daemon) startServices(ctx context.Context) (*services, error) {
 		s.turn = t
 	}
 
+	// Media: relays for the calls of phones that do not do ICE, asking
+	// the public nodes for theirs over the overlay when this site's NAT
+	// is symmetric (and answering such questions on a public node).
+	loc := newOverlayLocation(n, func() []dht.Contact { return d.siteContacts() })
+	s.media = newMediaRelay(ctx, d, n, s.turn, boot)
+	loc.handleMedia(s.media.handle)
+	d.addMetrics(s.media.set)
+
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if len(boot) > 0 {
+			if err := n.Join(ctx); err != nil && ctx.Err() == nil {
+				d.log.Warn("overlay join", "err", err)
+			}
+		}
+		n.Maintain(ctx)
+		s.media.warm()
+	}()
+
 	// SIP.
 	sc := sip.DefaultConfig()
 	sc.NodeID = d.nodeID.String()
 	sc.Domains = []string{d.cfg.Site.Domain}
-	ip := d.lanAddr()
-	sc.Advertise = ip
-	listen := d.cfg.SIP.Listen
-	if strings.HasPrefix(listen, ":") {
-		listen = "0.0.0.0" + listen
+	listen, host, err := concreteListen(d.cfg.SIP.Listen)
+	if err != nil {
+		return fail(fmt.Errorf("sip.listen: %w", err))
+	}
+	// Via and Record-Route name the address phones reach: the one
+	// listened on, or the LAN address when listening on all of them.
+	sc.Advertise = host
+	if host.IsUnspecified() {
+		sc.Advertise = d.lanAddr()
 	}
 	sc.Listen = []sip.Listener{{Network: "udp", Addr: listen}, {Network: "tcp", Addr: listen}}
 	if p := d.lanPrefix(); p.IsValid() {
@@ -99,14 +123,14 @@ func (d *Daemon) startServices(ctx context.Context) (*services, error) {
 	if est, _, measured := d.lifetime(); measured {
 		sc.FlowTimer = est * 8 / 10
 	}
-	// Media through the relays is not wired into the daemon yet: calls
-	// leave SDP alone and endpoints use their own ICE/TURN.
-	sc.Anchor = sip.AnchorNever
+	// Calls that leave the site have their media anchored in the relays
+	// unless the phones do ICE.
+	sc.Anchor = sip.AnchorRemote
 	sc.Logger = d.log.With("part", "sip")
-	loc := newOverlayLocation(n, func() []dht.Contact { return d.siteContacts() })
 	srv, err := sip.New(sc, d.net, d.clock, sip.Deps{
 		Bindings: siteBindings{store: d.node.Registrations()},
 		Locator:  loc, Carrier: loc,
+		Media:    s.media,
 		Siblings: d.siblings,
 	})
 	if err != nil {
@@ -122,12 +146,14 @@ func (d *Daemon) startServices(ctx context.Context) (*services, error) {
 func (d *Daemon) startTURN(ctx context.Context) (*turn.Server, error) {
 	tc := turn.DefaultConfig()
 	tc.Realm = d.cfg.TURN.Realm
-	_, port, err := net.SplitHostPort(d.cfg.TURN.Listen)
+	listen, host, err := concreteListen(d.cfg.TURN.Listen)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("turn.listen: %w", err)
 	}
-	p, _ := strconv.ParseUint(port, 10, 16)
-	tc.Port = uint16(p)
+	if !host.IsUnspecified() {
+		tc.Listen = []netip.Addr{host}
+	}
+	tc.Port = netip.MustParseAddrPort(listen).Port()
 	tc.RelayPortMin, tc.RelayPortMax = uint16(d.cfg.TURN.RelayPortMin), uint16(d.cfg.TURN.RelayPortMax)
 	for _, a := range d.cfg.TURN.AllowPeers {
 		if pfx, err := netip.ParsePrefix(a); err == nil {
@@ -155,16 +181,25 @@ func (d *Daemon) startTURN(ctx context.Context) (*turn.Server, error) {
 	return t, nil
 }
 
+// close stops the services in the order they depend on each other: SIP
+// releases its calls' media, the media relay its allocations, then the
+// relay and the overlay go. Their metrics go with them, so that services
+// started again report afresh.
 func (s *services) close() {
 	if s.sip != nil {
 		s.sip.Close()
 	}
+	if s.media != nil {
+		s.media.Close()
+	}
 	if s.turn != nil {
 		s.turn.Close()
+		s.turn.Metrics().UnregisterAllMetrics()
 	}
 	if s.overlay != nil {
 		s.overlay.Close()
 	}
+	s.wg.Wait()
 }
 
 // followSet starts the services when the committed superpeer set names
@@ -345,6 +380,82 @@ func (d *Daemon) lanPrefix() netip.Prefix {
 		}
 	}
 	return first
+}
+
+// discoveryWait bounds how long the services wait for a NAT discovery
+// that is still running (the probe's own bound is 15 s); discoveryPoll is
+// how often they look.
+const (
+	discoveryWait = 20 * time.Second
+	discoveryPoll = 250 * time.Millisecond
+)
+
+// awaitReachability makes sure the NAT's verdict is known before the
+// overlay starts, since it decides how links are made and which relays
+// media takes: it waits for a discovery under way, and runs one again
+// when the last one failed (a bootstrap node that was not up yet).
+func (d *Daemon) awaitReachability(ctx context.Context) {
+	if d.nat.server == "" || d.nat.reachability() != overlay.Unknown {
+		return
+	}
+	deadline := d.clock.Now().Add(discoveryWait)
+	for d.nat.status().Error == discoveryRunning && d.clock.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.clock.After(discoveryPoll):
+		}
+	}
+	if d.nat.reachability() == overlay.Unknown {
+		d.nat.discover(ctx)
+	}
+}
+
+// discoveryRunning is what the NAT part reports as its discovery error
+// while discovery is still running.
+const discoveryRunning = "discovery running"
+
+// concreteListen reads a listen address, "host:port" or ":port", into
+// ip:port form (0.0.0.0 for all addresses) and its host.
+func concreteListen(listen string) (string, netip.Addr, error) {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return "", netip.Addr{}, err
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return "", netip.Addr{}, fmt.Errorf("port %q: %w", port, err)
+	}
+	ip := netip.IPv4Unspecified()
+	if host != "" {
+		if ip, err = netip.ParseAddr(host); err != nil {
+			return "", netip.Addr{}, fmt.Errorf("%q: want an IP address", host)
+		}
+	}
+	return netip.AddrPortFrom(ip, uint16(p)).String(), ip, nil
+}
+
+// overlayAdvertise are the addresses other nodes reach this one's overlay
+// socket at, as far as the NAT part knows before any neighbour told: a
+// public node's own address (a neighbour sees the one replies come from,
+// which on a host with several addresses may not be the one to give out).
+// Behind a NAT the neighbours' observations are the truth.
+func (d *Daemon) overlayAdvertise(r overlay.Reachability) []string {
+	if r != overlay.Public {
+		return nil
+	}
+	listen, host, err := concreteListen(d.cfg.Overlay.Listen)
+	if err != nil {
+		return nil
+	}
+	port := netip.MustParseAddrPort(listen).Port()
+	if host.IsUnspecified() {
+		host = d.lanAddr()
+	}
+	if !host.IsValid() || host.IsLoopback() || port == 0 {
+		return nil
+	}
+	return []string{netip.AddrPortFrom(host, port).String()}
 }
 
 // parseBootstrap reads "host:port/nodekey" entries; the key is the node's
