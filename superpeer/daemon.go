@@ -161,14 +161,19 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		return err
 	}
 	d.setPart("nat", "running")
-	// Discovery is quick (a few round trips) and decides the election
-	// score and how overlay links are made, so it comes first.
-	d.nat.discover(runCtx)
+	// Discovery takes seconds behind a filtering NAT (silence is the
+	// answer of its filtering tests): the election does not wait for it.
+	// The score's reachability follows the first verdict, within the
+	// group's bootstrap window.
+	wg.Add(1)
+	go func() { defer wg.Done(); d.nat.discover(runCtx) }()
 
 	if d.node, err = d.startElection(runCtx); err != nil {
 		return fmt.Errorf("election: %w", err)
 	}
 	d.setPart("election", "running")
+	wg.Add(1)
+	go func() { defer wg.Done(); d.followCapability(runCtx) }()
 	if d.cfg.Site.Role == "peer" {
 		ac := sip.DefaultAgentConfig()
 		ac.Listen = d.cfg.SIP.AgentListen

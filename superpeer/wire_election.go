@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"time"
 
 	"github.com/pion/transport/v5/stdnet"
 
@@ -50,16 +52,20 @@ func (d *Daemon) startElection(ctx context.Context) (*election.Node, error) {
 	if d.cfg.Site.Role == "peer" {
 		cfg.Role = election.RolePeer
 	}
-	class := d.deviceClass()
-	power := election.PowerMains
-	if class == election.ClassLaptop {
-		power = election.PowerBattery
-	}
-	cfg.Capability = election.HostCapability(class, power, electionReach(d.nat.reachability()), 0)
+	cfg.Capability = d.capability()
 	cfg.Secret = secret
 	cfg.DataDir = filepath.Join(dir, "election")
 	cfg.Net, cfg.Clock, cfg.Logger = d.net, d.clock, d.log.With("part", "election")
 	cfg.BindAddr = d.cfg.Election.Listen
+	// The peers dial the LAN address: on a router the first interface
+	// is often the WAN, which the group must not use.
+	if host, port, err := net.SplitHostPort(cfg.BindAddr); err == nil {
+		if ip, err := netip.ParseAddr(host); err == nil && !ip.IsUnspecified() {
+			cfg.AdvertiseAddr = cfg.BindAddr
+		} else if lan := d.lanAddr(); lan.IsValid() {
+			cfg.AdvertiseAddr = net.JoinHostPort(lan.String(), port)
+		}
+	}
 	cfg.SuperpeerCount = d.cfg.Election.Superpeers
 	// pion/mdns opens sockets of its own, outside the Net seam: DNS-SD only
 	// where the daemon runs on the host's own network.
@@ -77,13 +83,21 @@ func (d *Daemon) serviceAddrs(role election.Role) election.Services {
 	if role == election.RolePeer {
 		return election.Services{}
 	}
-	ip := d.lanAddr()
-	if !ip.IsValid() {
-		return election.Services{}
-	}
+	lan := d.lanAddr()
+	// A listener on one address is served there; one on all addresses
+	// is served to the LAN on the LAN address.
 	port := func(listen string) string {
-		_, p, _ := net.SplitHostPort(listen)
-		return net.JoinHostPort(ip.String(), p)
+		h, p, err := net.SplitHostPort(listen)
+		if err != nil {
+			return ""
+		}
+		if ip, err := netip.ParseAddr(h); err == nil && !ip.IsUnspecified() {
+			return listen
+		}
+		if !lan.IsValid() {
+			return ""
+		}
+		return net.JoinHostPort(lan.String(), p)
 	}
 	s := election.Services{SIP: port(d.cfg.SIP.Listen), TURN: port(d.cfg.TURN.Listen)}
 	if d.cfg.Site.Public {
@@ -110,4 +124,39 @@ func (d *Daemon) deviceClass() election.DeviceClass {
 		return election.ClassBoard
 	}
 	return election.ClassDesktop
+}
+
+// capabilityRefresh is how often a running node re-reads what it offers
+// (uptime, load, free memory, reachability). The score counts these in
+// coarse steps, so most refreshes change nothing that is replicated.
+const capabilityRefresh = 30 * time.Second
+
+// capability is what this device offers the site now.
+func (d *Daemon) capability() election.Capability {
+	class := d.deviceClass()
+	power := election.PowerMains
+	if class == election.ClassLaptop {
+		power = election.PowerBattery
+	}
+	return election.HostCapability(class, power, electionReach(d.nat.reachability()), d.clock.Since(d.started))
+}
+
+// followCapability tells the site what this device offers: at once when
+// NAT discovery has a verdict (the reachability the score ranks first),
+// then every capabilityRefresh.
+func (d *Daemon) followCapability(ctx context.Context) {
+	for {
+		t := d.clock.NewTimer(capabilityRefresh)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-d.nat.changed:
+			t.Stop()
+		case <-t.C():
+		}
+		if err := d.node.SetCapability(d.capability()); err != nil {
+			d.log.Warn("updating this device's capability", "err", err)
+		}
+	}
 }

@@ -29,6 +29,9 @@ type natPart struct {
 	pm     *portmap.Client  // nil when port mapping is off or no gateway answers
 	server string           // the STUN server asked, host:port, or ""
 
+	// changed is signalled when discovery has a new report.
+	changed chan struct{}
+
 	mu       sync.Mutex // guards following
 	report   *probe.Report
 	discErr  string
@@ -47,7 +50,7 @@ type NATStatus struct {
 }
 
 func (d *Daemon) startNAT(ctx context.Context) (*natPart, error) {
-	p := &natPart{d: d}
+	p := &natPart{d: d, changed: make(chan struct{}, 1)}
 	cfg := d.cfg
 
 	if cfg.Site.Public {
@@ -129,7 +132,18 @@ func (p *natPart) stunServer() string {
 	return ""
 }
 
-// discover runs RFC 5780 behaviour discovery and keeps the report.
+// quickDiscoveryTimeout bounds each request of discovery's first pass.
+// Behind a filtering NAT silence is the answer of two filtering tests in a
+// row, so the probe's patient default (2 s per test) keeps the verdict
+// back for 4 s; a LAN's peers elect their superpeers before that, and the
+// score ranks reachability first.
+const quickDiscoveryTimeout = 500 * time.Millisecond
+
+// discover runs RFC 5780 behaviour discovery and keeps the report: a quick
+// pass whose verdict the election can use at once, then a patient pass
+// whose verdict stands (on a slow path the quick pass can take a late
+// answer for filtering, or leave the mapping unknown). Each new report is
+// signalled on changed.
 func (p *natPart) discover(ctx context.Context) {
 	if p.server == "" {
 		p.mu.Lock()
@@ -137,20 +151,44 @@ func (p *natPart) discover(ctx context.Context) {
 		p.mu.Unlock()
 		return
 	}
+	p.mu.Lock()
+	p.discErr = "discovery running"
+	p.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+
+	quick := probe.DefaultConfig()
+	quick.RTO, quick.Timeout = 150*time.Millisecond, quickDiscoveryTimeout
+	quick.Server, quick.Net, quick.Clock, quick.Logger = p.server, p.d.net, p.d.clock, discardLogger()
+	if r, err := probe.Discover(ctx, quick); err == nil && r.Mapping != probe.BehaviorUnknown {
+		p.setReport(r)
+	}
+
 	pc := probe.DefaultConfig()
 	pc.Server, pc.Net, pc.Clock, pc.Logger = p.server, p.d.net, p.d.clock, p.d.log.With("part", "discovery")
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
 	r, err := probe.Discover(ctx, pc)
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	if err != nil {
-		p.discErr = err.Error()
-		p.d.log.Warn("NAT discovery failed", "server", p.server, "err", err)
+		p.mu.Lock()
+		if p.report == nil {
+			p.discErr = err.Error()
+		}
+		p.mu.Unlock()
+		if ctx.Err() == nil {
+			p.d.log.Warn("NAT discovery failed", "server", p.server, "err", err)
+		}
 		return
 	}
+	p.setReport(r)
+}
+
+func (p *natPart) setReport(r *probe.Report) {
+	p.mu.Lock()
 	p.report, p.discErr = r, ""
-	p.d.log.Info("NAT discovered", "external", r.External, "mapping", r.Mapping, "filtering", r.Filtering, "port_preserving", r.PortPreserving)
+	p.mu.Unlock()
+	select {
+	case p.changed <- struct{}{}:
+	default:
+	}
 }
 
 // reachability is nat's verdict for the overlay and the election score.

@@ -1,0 +1,318 @@
+package superpeer
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/superpeer/superpeer/election"
+	"github.com/superpeer/superpeer/netlab"
+)
+
+// TestLabSite is the election and desktop-agent acceptance through real
+// daemons, one process per peer on one LAN behind a kernel NAT with
+// miniupnpd:
+//
+//  1. five peers started at the same moment form one group and commit a
+//     superpeer set of two with the router (the NAT host itself, public);
+//     the laptop and the desktop agent are not voters;
+//  2. a hundred phones registered through one superpeer, and a softphone
+//     on 127.0.0.1 behind the desktop agent; that superpeer is killed
+//     (SIGKILL): a new set is committed and the phones are reached through
+//     the other superpeer, the softphone through the agent, without
+//     registering again;
+//  3. every peer stopped (SIGTERM) and started again on its state
+//     directory: the site, its superpeer set and the registrations come
+//     back from disk.
+//
+// bench/failover-daemon.sh times step 2 repeatedly (BenchmarkLabDaemonFailover).
+func TestLabSite(t *testing.T) {
+	s := newLabSite(t)
+	began := time.Now()
+	s.start(s.all()...)
+
+	// 1. One group, a set of two with the router, the right voters.
+	s.learnIDs(20 * time.Second)
+	// The router is the only peer with a public address: the set must
+	// have it.
+	router := s.byName["router"]
+	netlab.Eventually(t, 20*time.Second, func() error { return s.formed(2, router) })
+	rp, err := router.peers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The acceptance: a set of two committed within 5 s of the start.
+	// Committed is the leader's clock, on this machine.
+	if took := rp.Superpeers.Committed.Sub(began); took > 5*time.Second {
+		t.Errorf("the set of two was committed %v after the peers started; want within 5 s", took.Round(time.Millisecond))
+	}
+	t.Logf("one group of %d, superpeers %v committed %v after the start (%s)", len(s.nodes),
+		s.names(rp.Superpeers.IDs), rp.Superpeers.Committed.Sub(began).Round(time.Millisecond), rp.Superpeers.Reason)
+	s.checkVoters(t)
+	s.checkOps(t)
+
+	// 2. Registrations through one superpeer, then its death.
+	sps, err := s.superpeers(router)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := sps[0], sps[1]
+	phones := make([]*labPhone, 100)
+	for i := range phones {
+		phones[i] = newLabPhone(t, s.byName["laptop"].host, netip.AddrPortFrom(s.byName["laptop"].host.Addr, 0), fmt.Sprintf("phone%03d", i))
+	}
+	caller := newLabPhone(t, s.byName["desktop"].host, netip.AddrPortFrom(s.byName["desktop"].host.Addr, 0), "caller")
+	agent := s.byName["agent"]
+	bob := newLabPhone(t, agent.host, netip.MustParseAddrPort("127.0.0.1:0"), "bob")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := registerAll(ctx, a.sipAddr(), phones); err != nil {
+		t.Fatalf("registering 100 phones through %s: %v", a.name, err)
+	}
+	// The agent forwards to the first superpeer of the set: a.
+	if err := bob.register(ctx, netip.MustParseAddrPort("127.0.0.1:5060")); err != nil {
+		t.Fatalf("softphone registering through the desktop agent: %v", err)
+	}
+	if err := caller.call(ctx, a.sipAddr(), bob.aor()); err != nil {
+		t.Fatalf("calling the softphone before any failure: %v", err)
+	}
+	bobInvites := bob.invites.Load()
+
+	killed := time.Now()
+	a.kill()
+	// Within 2 s of the kill: a new committed set without a, and b
+	// answers for every registration (each phone answers the OPTIONS
+	// that b forwards to it from its binding). The deadline is looser so
+	// that a slow run reports how slow instead of only failing.
+	var took time.Duration
+	netlab.Eventually(t, 15*time.Second, func() error {
+		if err := s.failedOver(b, a); err != nil {
+			return err
+		}
+		rctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		if err := reachAll(rctx, caller, b.sipAddr(), phones); err != nil {
+			return err
+		}
+		took = time.Since(killed)
+		return nil
+	})
+	t.Logf("superpeer %s killed: %s answers for all 100 registrations %v later", a.name, b.name, took.Round(time.Millisecond))
+	if took > 2*time.Second {
+		t.Errorf("failover took %v; want within 2 s of the kill", took.Round(time.Millisecond))
+	}
+
+	// The softphone behind the agent: a new call through the superpeer
+	// the agents now follow reaches it over its flow through the agent,
+	// and it did not register again.
+	netlab.Eventually(t, 15*time.Second, func() error {
+		sps, err := s.superpeers(agent)
+		if err != nil || len(sps) == 0 || slices.Contains(sps, a) {
+			return fmt.Errorf("the agent follows %v (err %v)", sps, err)
+		}
+		cctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		if err := caller.call(cctx, sps[0].sipAddr(), bob.aor()); err != nil {
+			return err
+		}
+		took = time.Since(killed)
+		return nil
+	})
+	t.Logf("a new call reached the softphone behind the agent %v after the kill", took.Round(time.Millisecond))
+	if took > 2*time.Second {
+		t.Errorf("the call to the softphone succeeded %v after the kill; want within 2 s", took.Round(time.Millisecond))
+	}
+	if bob.invites.Load() <= bobInvites || bob.byes.Load() < 2 {
+		t.Errorf("the softphone got %d INVITEs and %d BYEs; the calls did not reach it", bob.invites.Load(), bob.byes.Load())
+	}
+	if n := bob.cseq.Load(); n != 1 {
+		t.Errorf("the softphone registered %d times", n)
+	}
+
+	// 3. Every peer stopped and started again on its state directory.
+	site := rp.Site
+	var wg sync.WaitGroup
+	for _, n := range s.running() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := n.stop(15 * time.Second); err != nil {
+				t.Errorf("SIGTERM: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	s.start(s.all()...)
+	netlab.Eventually(t, 30*time.Second, func() error {
+		if err := s.formed(2, router); err != nil {
+			return err
+		}
+		for _, n := range s.nodes {
+			ps, err := n.peers()
+			if err != nil {
+				return err
+			}
+			if ps.Site != site {
+				return fmt.Errorf("%s is in site %s, was %s", n.name, ps.Site, site)
+			}
+			if ps.Registrations != len(phones)+1 {
+				return fmt.Errorf("%s holds %d registrations, want %d", n.name, ps.Registrations, len(phones)+1)
+			}
+		}
+		return nil
+	})
+	sps, err = s.superpeers(router)
+	if err != nil {
+		t.Fatal(err)
+	}
+	netlab.Eventually(t, 10*time.Second, func() error {
+		rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		return reachAll(rctx, caller, sps[0].sipAddr(), phones)
+	})
+	for _, n := range s.nodes {
+		n.mu.Lock()
+		out := n.runs[len(n.runs)-1].Output()
+		n.mu.Unlock()
+		if strings.Contains(out, "founded a new site") || strings.Contains(out, "joined a site with a join token") {
+			t.Errorf("%s did not start from its state directory:\n%s", n.name, tail(out, 20))
+		}
+	}
+}
+
+// failedOver: b's committed set has two superpeers, b among them and dead
+// not.
+func (s *labSite) failedOver(b, dead *labNode) error {
+	ps, err := b.peers()
+	if err != nil {
+		return fmt.Errorf("%s: %w", b.name, err)
+	}
+	set := ps.Superpeers
+	if len(set.IDs) != 2 || set.Contains(dead.id) || !set.Contains(b.id) {
+		return fmt.Errorf("%s sees superpeers %v", b.name, s.names(set.IDs))
+	}
+	return nil
+}
+
+// checkVoters: `superpeer peers --json` on the leader lists every member
+// with its score; three voters, and neither the laptop nor the desktop
+// agent among them.
+func (s *labSite) checkVoters(t *testing.T) {
+	t.Helper()
+	var ps election.Status
+	s.cli(t, s.byName["router"], &ps, "peers", "--json")
+	if ps.Leader != "" {
+		if ln := s.byID(ps.Leader); ln != nil {
+			s.cli(t, ln, &ps, "peers", "--json")
+		}
+	}
+	voters := map[string]bool{}
+	for _, m := range ps.Members {
+		n := s.byID(m.ID)
+		if n == nil {
+			t.Errorf("peers lists %s, not a node of the site", m.ID)
+			continue
+		}
+		if m.Score <= 0 || m.Capability.Class != election.DeviceClass(n.class) {
+			t.Errorf("peers: %s has score %d, class %q; want a score and class %q", n.name, m.Score, m.Capability.Class, n.class)
+		}
+		if m.Voter {
+			voters[n.name] = true
+		}
+	}
+	if len(ps.Members) != len(s.nodes) || len(voters) != 3 || voters["laptop"] || voters["agent"] {
+		t.Errorf("peers: %d members, voters %v; want %d members and three voters, neither the laptop nor the agent",
+			len(ps.Members), voters, len(s.nodes))
+	}
+}
+
+// checkOps runs the ops subcommands against the running site, as an
+// operator would, and checks what they say.
+func (s *labSite) checkOps(t *testing.T) {
+	t.Helper()
+	router, board := s.byName["router"], s.byName["board"]
+
+	var nat NATStatus
+	s.cli(t, router, &nat, "nat", "--json")
+	if nat.Reachability != "public" {
+		t.Errorf("nat on the router: reachability %q, want public (it has the WAN address)", nat.Reachability)
+	}
+	netlab.Eventually(t, 15*time.Second, func() error {
+		s.cli(t, board, &nat, "nat", "--json")
+		if nat.Behaviour == nil || nat.Behaviour.External.Addr() != s.site.External || !nat.Behaviour.NAT {
+			return fmt.Errorf("nat on the board: %+v, want the NAT behind %v", nat.Behaviour, s.site.External)
+		}
+		return nil
+	})
+
+	var heard struct {
+		Heard []election.Heard `json:"heard"`
+	}
+	netlab.Eventually(t, 10*time.Second, func() error {
+		s.cli(t, board, &heard, "discover", "--json")
+		seen := map[string]bool{}
+		for _, h := range heard.Heard {
+			if n := s.byID(h.ID); n != nil && h.Verified && h.Source == "multicast" {
+				seen[n.name] = true
+				if h.Superpeer != slices.Contains(s.setNames(board), n.name) {
+					return fmt.Errorf("discover: %s announces superpeer=%v", n.name, h.Superpeer)
+				}
+				if n.role == "peer" && h.Role != election.RolePeer {
+					return fmt.Errorf("discover: the agent announces role %q", h.Role)
+				}
+			}
+		}
+		if len(seen) != len(s.nodes)-1 {
+			return fmt.Errorf("discover on the board hears %v, want the four other peers", seen)
+		}
+		return nil
+	})
+
+	var st Status
+	s.cli(t, router, &st, "status", "--json")
+	if !strings.HasPrefix(st.Role, "superpeer") || st.Domain != labDomain || st.Node != router.id || len(st.Superpeers) != 2 {
+		t.Errorf("status on the router: role %q, domain %q, superpeers %d", st.Role, st.Domain, len(st.Superpeers))
+	}
+	for _, sp := range st.Superpeers {
+		if ap, err := netip.ParseAddrPort(sp.SIP); err != nil || !s.site.LANPrefix.Contains(ap.Addr()) {
+			t.Errorf("status: superpeer %s serves SIP at %q, not on the LAN", s.names([]string{sp.Node}), sp.SIP)
+		}
+	}
+}
+
+// setNames is the committed set as n sees it, by name.
+func (s *labSite) setNames(n *labNode) []string {
+	sps, _ := s.superpeers(n)
+	var out []string
+	for _, sp := range sps {
+		out = append(out, sp.name)
+	}
+	return out
+}
+
+// cli runs `superpeer <args> --state-dir <n's>` and decodes its JSON.
+func (s *labSite) cli(t *testing.T, n *labNode, out any, args ...string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, s.bin, append(args, "--state-dir", n.dir)...)
+	b, err := cmd.Output()
+	if err != nil {
+		var stderr string
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = string(ee.Stderr)
+		}
+		t.Fatalf("superpeer %s on %s: %v: %s", strings.Join(args, " "), n.name, err, stderr)
+	}
+	if err := json.Unmarshal(b, out); err != nil {
+		t.Fatalf("superpeer %s on %s printed no JSON: %v\n%s", strings.Join(args, " "), n.name, err, b)
+	}
+}
