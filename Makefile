@@ -69,3 +69,11 @@ firmware:
 # directory, dist by default).
 size:
 	./firmware/size.sh $(or $(DIST),dist)
+
+.PHONY: demo
+
+# A call between two home sites, explained (as root): the two-site lab,
+# a superpeer daemon per site, a phone at each, one call; prints what
+# happened and tears everything down (also on Ctrl-C). Not part of `make test`.
+demo: build
+	$(GO) run ./netlab/demo --bin $(BIN)

@@ -17,6 +17,7 @@ import (
 	"github.com/pion/logging"
 	pionturn "github.com/pion/turn/v5"
 
+	"github.com/superpeer/superpeer/nat"
 	"github.com/superpeer/superpeer/overlay"
 	"github.com/superpeer/superpeer/superpeer/sip"
 	"github.com/superpeer/superpeer/superpeer/turn"
@@ -345,7 +346,11 @@ func (m *mediaRelay) allocate(ctx context.Context, kind string, server netip.Add
 		base.Close()
 		return nil, fmt.Errorf("allocating on the TURN relay at %v: %w", server, err)
 	}
-	return &relaySocket{PacketConn: relayed, kind: kind, server: server, client: c, base: base, log: m.log}, nil
+	s := &relaySocket{PacketConn: relayed, kind: kind, server: server, client: c, base: base, log: m.log}
+	if kind == relayRemoteTURN {
+		s.keep(m.d.nat.keeper)
+	}
+	return s, nil
 }
 
 // ownTURN is this superpeer's TURN relay on its LAN address.
@@ -504,11 +509,12 @@ func encodeRelayMsg(msg relayMsg) []byte {
 // relayed connection of a pion client) or a plain socket.
 type relaySocket struct {
 	net.PacketConn
-	kind   string
-	server netip.AddrPort   // the TURN relay; zero for a plain socket
-	client *pionturn.Client // nil for a plain socket
-	base   net.PacketConn   // the client's socket
-	log    *slog.Logger
+	kind    string
+	server  netip.AddrPort   // the TURN relay; zero for a plain socket
+	client  *pionturn.Client // nil for a plain socket
+	base    net.PacketConn   // the client's socket
+	release func()           // drops the client's flow from the keeper
+	log     *slog.Logger
 
 	mu        sync.Mutex // guards following
 	permitted netip.Addr
@@ -560,8 +566,34 @@ func (s *relaySocket) permit(peer netip.AddrPort) {
 	}()
 }
 
+// keep puts the client's flow to a relay beyond the NAT under the keeper
+// for the life of the allocation: a call on hold sends no media, and the
+// NAT must not forget the flow meanwhile. The refresh is a STUN Binding
+// to the relay from the client's own socket.
+func (s *relaySocket) keep(k *nat.Keeper) {
+	var h *nat.Pinhole
+	h, err := k.Add(nat.PinholeSpec{Local: addrPort(s.base.LocalAddr()), Remote: s.server, SeenReply: true,
+		Hook: func(context.Context) error {
+			mapped, err := s.client.SendBindingRequest()
+			if err != nil {
+				return err
+			}
+			h.Replied(addrPort(mapped))
+			return nil
+		},
+	})
+	if err != nil {
+		s.log.Info("media relay flow not kept", "relay", s.server, "err", err)
+		return
+	}
+	s.release = h.Remove
+}
+
 // Close ends the allocation and the client.
 func (s *relaySocket) Close() error {
+	if s.release != nil {
+		s.release()
+	}
 	err := s.PacketConn.Close()
 	if s.client != nil {
 		s.client.Close()
