@@ -434,9 +434,9 @@ func (m *mediaRelay) warm() {
 // handle takes a media message from the overlay. It runs on the overlay's
 // receive path: it never blocks.
 func (m *mediaRelay) handle(from overlay.NodeID, p []byte) {
-	var msg relayMsg
-	if err := json.Unmarshal(p[1:], &msg); err != nil {
-		return
+	msg, err := parseRelayMsg(p)
+	if err != nil {
+		return // another node's bug or malice: nothing to answer
 	}
 	switch msg.Op {
 	case opOffer:
@@ -498,6 +498,47 @@ func (m *mediaRelay) answer(from overlay.NodeID, nonce uint64) relayMsg {
 		m.asks.Inc()
 	}
 	return ans
+}
+
+// maxRelayField bounds the strings of a relay message: credentials are
+// tens of bytes.
+const maxRelayField = 512
+
+// parseRelayMsg reads a media relay message from the overlay and refuses
+// what is not one: the prefix, JSON, a known operation, and for an offer
+// an address and credentials or an error.
+func parseRelayMsg(p []byte) (relayMsg, error) {
+	var msg relayMsg
+	if len(p) == 0 || p[0] != mediaMsgPrefix {
+		return msg, errors.New("media relay message: no prefix")
+	}
+	if len(p) > 4096 {
+		return msg, fmt.Errorf("media relay message: %d bytes, at most 4096", len(p))
+	}
+	if err := json.Unmarshal(p[1:], &msg); err != nil {
+		return relayMsg{}, fmt.Errorf("media relay message: %w", err)
+	}
+	for _, f := range []string{msg.TURN, msg.Username, msg.Password, msg.Error} {
+		if len(f) > maxRelayField {
+			return relayMsg{}, fmt.Errorf("media relay message: a field of %d bytes, at most %d", len(f), maxRelayField)
+		}
+	}
+	switch msg.Op {
+	case opAsk:
+	case opOffer:
+		if msg.Error != "" {
+			break
+		}
+		if ap, err := netip.ParseAddrPort(msg.TURN); err != nil || ap.Port() == 0 || !ap.Addr().IsGlobalUnicast() {
+			return relayMsg{}, fmt.Errorf("media relay offer: relay address %q", msg.TURN)
+		}
+		if msg.Username == "" || msg.Password == "" || msg.Expires.IsZero() {
+			return relayMsg{}, errors.New("media relay offer: no credentials")
+		}
+	default:
+		return relayMsg{}, fmt.Errorf("media relay message: unknown operation %q", msg.Op)
+	}
+	return msg, nil
 }
 
 func encodeRelayMsg(msg relayMsg) []byte {

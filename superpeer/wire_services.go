@@ -383,10 +383,10 @@ func (d *Daemon) lanPrefix() netip.Prefix {
 }
 
 // discoveryWait bounds how long the services wait for a NAT discovery
-// that is still running (the probe's own bound is 15 s); discoveryPoll is
+// that is still running (discovery bounds itself to 20 s); discoveryPoll is
 // how often they look.
 const (
-	discoveryWait = 20 * time.Second
+	discoveryWait = 25 * time.Second
 	discoveryPoll = 250 * time.Millisecond
 )
 
