@@ -626,6 +626,35 @@ func (n *Node) probePredecessor(id string) {
 	n.mu.Unlock()
 	n.log.Info("the previous leader does not answer; counting it down", "member", id, "err", err)
 	n.poke()
+
+	// Raft lifts a down mark only when heartbeats resume after failing.
+	// This mark came from the probe: a predecessor that restarts before
+	// a heartbeat to it has failed would stay down for good (never a
+	// superpeer again, removed after the grace period). Ask it again
+	// until it answers, while this node leads and it is a member.
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-n.clock.After(n.cfg.RPCTimeout):
+		}
+		member := false
+		n.fsm.Read(func(s *SiteState) { _, member = s.Members[id] })
+		if !member || n.raft.State() != raft.Leader {
+			return
+		}
+		ctx, cancel := context.WithTimeout(n.ctx, n.cfg.RPCTimeout)
+		err := n.rpc.call(ctx, addr, rpcPing, struct{}{}, nil)
+		cancel()
+		if err == nil {
+			n.mu.Lock()
+			delete(n.failing, id)
+			n.mu.Unlock()
+			n.log.Info("the previous leader answers again", "member", id)
+			n.poke()
+			return
+		}
+	}
 }
 
 // reconcile is the leader's work: liveness, removals, voters, the
