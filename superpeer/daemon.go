@@ -335,7 +335,7 @@ func (d *Daemon) Status() Status {
 		if es.Voter {
 			st.Role += ", voter"
 		}
-		if es.State == "leader" {
+		if d.node.IsLeader() {
 			st.Role += ", leader"
 		}
 	}

@@ -30,7 +30,7 @@ var commands = map[string]command{
 	"run":      {"run the daemon", runDaemon},
 	"status":   {"role, superpeer set, NAT summary, uptime, versions", query("/v1/status", true)},
 	"pinholes": {"the NAT pinholes this node keeps open", query("/v1/pinholes", true)},
-	"peers":    {"the site's members and their scores", query("/v1/peers", true)},
+	"peers":    {"the site's members and their scores; --join-token for a new device", peersCommand},
 	"overlay":  {"overlay links and routing-table health", query("/v1/overlay", true)},
 	"discover": {"what is on the LAN, with roles", query("/v1/discover", false)},
 	"nat":      {"the NAT's behaviour and binding lifetime", natCommand},
@@ -219,6 +219,47 @@ func show(w io.Writer, raw []byte, asJSON, watching bool) error {
 		fmt.Fprint(w, "\033[H\033[2J") // clear the terminal between refreshes
 	}
 	return control.Render(w, raw)
+}
+
+// peersCommand is `superpeer peers`, or with --join-token the token an
+// operator copies into a new device's configuration ([election]
+// join_token) to join it to this site.
+func peersCommand(args []string, stdout, stderr io.Writer) int {
+	f := newClientFlags("peers", true, stderr)
+	token := f.fs.Bool("join-token", false, "print the site's join token for a new device ([election] join_token); keep it secret")
+	if err := f.fs.Parse(args); err != nil {
+		return control.ExitUsage
+	}
+	if !*token {
+		return query("/v1/peers", true)(args, stdout, stderr)
+	}
+	if f.fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "superpeer peers: unexpected argument %q\n", f.fs.Arg(0))
+		return control.ExitUsage
+	}
+	c, err := f.client()
+	if err != nil {
+		fmt.Fprintf(stderr, "superpeer peers: %v\n", err)
+		return control.ExitError
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var jt struct {
+		Site  string `json:"site"`
+		Token string `json:"token"`
+	}
+	if err := c.Get(ctx, "/v1/join-token", &jt); err != nil {
+		fmt.Fprintf(stderr, "superpeer peers: %v\n", err)
+		return control.ExitCode(err)
+	}
+	if *f.json {
+		if err := json.NewEncoder(stdout).Encode(jt); err != nil {
+			return control.ExitError
+		}
+		return control.ExitOK
+	}
+	fmt.Fprintln(stdout, jt.Token)
+	return control.ExitOK
 }
 
 func natCommand(args []string, stdout, stderr io.Writer) int {
