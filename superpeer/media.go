@@ -93,7 +93,8 @@ const (
 )
 
 // mediaRelay is the daemon's sip.MediaRelay: a sip.UDPRelay whose sockets
-// it opens as the package comment above says.
+// it opens as the comment at the top of this file says, and the asking
+// and answering for public nodes' relays over the overlay.
 type mediaRelay struct {
 	d     *Daemon
 	ctx   context.Context // the services'; ends when they stop
