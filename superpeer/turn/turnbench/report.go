@@ -134,10 +134,13 @@ func report(args []string) error {
 	capHeavy := ratio(med("superpeer/heavy", perCPU), med("coturn/heavy", perCPU))
 	p99Light := ratio(med("superpeer/light", p99), med("coturn/light", p99))
 	layer := ratio(med("superpeer/light", cpu), med("pion/light", cpu))
+	p99Heavy := ratio(med("superpeer/heavy", p99), med("coturn/heavy", p99))
 	fmt.Fprintf(&b, "\nWhere it stands (this run): per CPU-second Superpeer relays %.2fx coturn's packets at RTP load (%s) "+
-		"and %.2fx under heavy load (%s); its p99 round trip at RTP load is %.2fx coturn's (%s). "+
+		"and %.2fx under heavy load (%s); its p99 round trip is %.2fx coturn's at RTP load (%s) and %.2fx under heavy load (%s), "+
+		"where it lost %.2f %% of the packets and coturn %.2f %%. "+
 		"Its own layer (guard, peer policy, caps, counters) costs %.2fx bare pion's CPU per packet at RTP load.\n",
-		capLight, verdict(capLight, true), capHeavy, verdict(capHeavy, true), p99Light, verdict(p99Light, false), layer)
+		capLight, verdict(capLight, true), capHeavy, verdict(capHeavy, true), p99Light, verdict(p99Light, false),
+		p99Heavy, verdict(p99Heavy, false), med("superpeer/heavy", loss), med("coturn/heavy", loss), layer)
 	fmt.Print(b.String())
 	if runs == 0 {
 		return errors.New("no runs")
