@@ -94,7 +94,6 @@ func TestLabUclient(t *testing.T) {
 	}})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	bridgeLANs(ctx, t, lab)
 
 	// Peers: one on the WAN, one on site B's LAN behind UPnP forwards
 	// (turnutils_peer answers RTP on its port and RTCP on the next).
@@ -312,23 +311,6 @@ func refuseAttackList(ctx context.Context, t *testing.T, site *netlab.Site, s *S
 	all := own + after[ReasonForbiddenPeer] - before[ReasonForbiddenPeer]
 	if all != uint64(requests) || own < 3 {
 		t.Errorf("refusals counted: %d in all, %d as own addresses; want %d, and the LAN address thrice", all, own, requests)
-	}
-}
-
-// bridgeLANs lets LAN hosts of a site talk to each other. When the host
-// machine has br_netfilter loaded, bridged frames go through the NAT's
-// nftables forward chain, whose policy drops what is not LAN-to-WAN; a
-// home router's switch does not filter its LAN, and here the client and
-// the superpeer are both on it.
-func bridgeLANs(ctx context.Context, t *testing.T, lab *netlab.Lab) {
-	t.Helper()
-	for _, s := range lab.Sites {
-		if _, err := os.Stat("/proc/sys/net/bridge/bridge-nf-call-iptables"); err != nil {
-			return // no br_netfilter: bridged frames skip nftables already
-		}
-		if _, err := s.NAT.Run(ctx, "sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=0"); err != nil {
-			t.Fatal(err)
-		}
 	}
 }
 
