@@ -319,11 +319,9 @@ func TestUnauthorizedRateLimit(t *testing.T) {
 
 	// answers sends n unauthenticated Allocates and counts the 401s.
 	answers := func(c *net.UDPConn, n int) int {
-		var ids [][stun.TransactionIDSize]byte
 		for range n {
 			m := stun.MustBuild(stun.TransactionID, stun.NewType(stun.MethodAllocate, stun.ClassRequest),
 				rawAttr(stun.AttrRequestedTransport, []byte{17, 0, 0, 0}))
-			ids = append(ids, m.TransactionID)
 			if _, err := c.Write(m.Raw); err != nil {
 				t.Fatal(err)
 			}
