@@ -132,7 +132,7 @@ func (n *Node) open(ctx context.Context) error {
 	// RPC on.
 	n.disc = cfg.Discovery
 	if n.disc == nil {
-		n.disc, err = NewMulticastDiscovery(ctx, cfg.NodeID, MulticastConfig{
+		md, err := NewMulticastDiscovery(ctx, cfg.NodeID, MulticastConfig{
 			Group:      cfg.MulticastGroup,
 			Interfaces: lanInterface(cfg.Net, n.group.advertise.(*net.TCPAddr).IP),
 			Interval:   cfg.AnnounceInterval,
@@ -144,6 +144,7 @@ func (n *Node) open(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		n.disc = md // never a typed nil in the interface: Close checks it
 	}
 	var (
 		logs   raft.LogStore

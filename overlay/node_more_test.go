@@ -142,12 +142,19 @@ func TestSilentLinkDroppedOnClock(t *testing.T) {
 		}
 		fake.Advance(a.cfg.KeepaliveInterval)
 	}
-	waitUntil(t, 10*time.Second, "silent link never dropped", func() bool { _, ok := linkOf(a, b.ID()); return !ok })
-	pins.mu.Lock()
-	defer pins.mu.Unlock()
-	if !pins.down[b.ID()] {
-		t.Fatal("pinhole owner not told that the link went down")
-	}
+	// Past DeadAfter now: keep time moving (a slow machine may not have
+	// run the last check yet) until the link is gone and its owner told.
+	waitUntil(t, 20*time.Second, "silent link never dropped, or its pinhole owner never told", func() bool {
+		_, up := linkOf(a, b.ID())
+		pins.mu.Lock()
+		told := pins.down[b.ID()]
+		pins.mu.Unlock()
+		if !up && told {
+			return true
+		}
+		fake.Advance(time.Second)
+		return false
+	})
 }
 
 // countingRegistrar counts link-ups per node.

@@ -64,6 +64,13 @@ func (d *Daemon) startElection(ctx context.Context) (*election.Node, error) {
 			cfg.AdvertiseAddr = cfg.BindAddr
 		} else if lan := d.lanAddr(); lan.IsValid() {
 			cfg.AdvertiseAddr = net.JoinHostPort(lan.String(), port)
+		} else {
+			// No network at all (a board before its link comes up, a
+			// sandbox): a site of one on loopback, so the daemon still
+			// serves its socket; it rejoins the LAN when restarted.
+			cfg.BindAddr = net.JoinHostPort("127.0.0.1", port)
+			cfg.Discovery = election.NewMemLAN(d.clock, time.Minute).Discovery(cfg.NodeID)
+			d.log.Warn("no LAN address: the site's group runs on loopback only")
 		}
 	}
 	cfg.SuperpeerCount = d.cfg.Election.Superpeers
