@@ -12,7 +12,10 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
+	rtmetrics "runtime/metrics"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -63,6 +66,10 @@ type Daemon struct {
 	nat     *natPart
 	node    *election.Node
 	agent   *sip.Agent
+
+	// setChanges counts the committed superpeer sets this node has seen
+	// change (superpeer_superpeer_set_changes_total).
+	setChanges atomic.Uint64
 
 	mu         sync.Mutex // guards following
 	parts      []part
@@ -197,10 +204,14 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		go func() { defer wg.Done(); d.followSet(runCtx) }()
 	}
 
+	wg.Add(1)
+	go func() { defer wg.Done(); d.trimMemory(runCtx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); d.countSetChanges(runCtx) }()
+
 	own := metrics.NewSet()
 	own.NewGauge("superpeer_uptime_seconds", func() float64 { return d.clock.Since(d.started).Seconds() })
 	own.NewGauge(fmt.Sprintf("superpeer_build_info{version=%q}", Version), func() float64 { return 1 })
-	own.NewGauge("superpeer_pinholes", func() float64 { return float64(len(d.nat.keeper.Snapshot())) })
 	own.NewGauge("superpeer_superpeer", func() float64 {
 		if d.node.Superpeers().Contains(d.nodeID.String()) {
 			return 1
@@ -427,6 +438,45 @@ func (d *Daemon) routes() {
 		}
 		return s.turn.Credentials(user, d.cfg.TURN.CredentialLifetime)
 	})
+}
+
+// countSetChanges counts the changes of the committed superpeer set.
+func (d *Daemon) countSetChanges(ctx context.Context) {
+	var last uint64
+	for set := range d.node.WatchSuperpeers(ctx) {
+		if last != 0 && set.Epoch != last {
+			d.setChanges.Add(1)
+		}
+		last = set.Epoch
+	}
+}
+
+// memoryTrimInterval and memoryTrimMin: how often the daemon looks for
+// heap memory that is free but still held from the system, and how much
+// makes it hand that back. A burst (a site's phones registering at once
+// after a power cut, a conference's relays) leaves the heap grown; Go
+// returns such memory only slowly, and on a router with 128 MB every
+// resident megabyte counts.
+const (
+	memoryTrimInterval = 30 * time.Second
+	memoryTrimMin      = 2 << 20
+)
+
+// trimMemory returns free heap memory to the system when there is enough
+// of it. It costs one forced garbage collection per interval at most.
+func (d *Daemon) trimMemory(ctx context.Context) {
+	free := []rtmetrics.Sample{{Name: "/memory/classes/heap/free:bytes"}}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.clock.After(memoryTrimInterval):
+		}
+		rtmetrics.Read(free)
+		if free[0].Value.Kind() == rtmetrics.KindUint64 && free[0].Value.Uint64() >= memoryTrimMin {
+			debug.FreeOSMemory()
+		}
+	}
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

@@ -76,16 +76,35 @@ func TestMetricsOffByDefault(t *testing.T) {
 	}
 }
 
+// TestMetricsEndpoint: a lone machine founds its site, leads it and is
+// its superpeer; /metrics says so, with every part's figures.
 func TestMetricsEndpoint(t *testing.T) {
 	d := startDaemon(t, "[metrics]\nlisten = 127.0.0.1:0\n")
-	resp, err := http.Get("http://" + d.MetricsAddr() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
+	var body string
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get("http://" + d.MetricsAddr() + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		body = string(b)
+		if strings.Contains(body, "superpeer_raft_leader 1\n") && strings.Contains(body, "superpeer_sip_messages_total") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/metrics does not show this node leading its site with SIP running:\n%s", body)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	for _, want := range []string{"superpeer_uptime_seconds ", "superpeer_build_info{version=", "process_resident_memory_bytes "} {
-		if !strings.Contains(string(body), want) {
+	for _, want := range []string{
+		"superpeer_uptime_seconds ", "superpeer_build_info{version=", "process_resident_memory_bytes ",
+		"superpeer_raft_voter 1\n", "superpeer_superpeers 1\n", "superpeer_site_members 1\n", "superpeer_superpeer 1\n",
+		`superpeer_pinhole_keepalives{result="lost"} `, `superpeer_port_mappings{state="active"} `,
+		"superpeer_overlay_links ", `superpeer_sip_proxy_total{outcome="register"} 0`, "superpeer_turn_allocations 0\n",
+	} {
+		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q:\n%s", want, body)
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -352,7 +353,13 @@ func (s *labSite) cli(t *testing.T, n *labNode, out any, args ...string) {
 // superpeer that leads the Raft group (the lead is moved to a superpeer
 // first, by stopping the leader gracefully) and one that follows. With
 // FAILOVER_DAEMON_REPORT=file it writes the distribution as markdown rows.
+// Each b.N iteration is FAILOVER_RUNS failovers (default 1), so that
+// -benchtime 1x measures them on one site.
 func BenchmarkLabDaemonFailover(b *testing.B) {
+	runs := 1
+	if v, err := strconv.Atoi(os.Getenv("FAILOVER_RUNS")); err == nil && v > 0 {
+		runs = v
+	}
 	s := newLabSite(b)
 	s.start(s.all()...)
 	s.learnIDs(20 * time.Second)
@@ -366,8 +373,8 @@ func BenchmarkLabDaemonFailover(b *testing.B) {
 
 	results := map[string][]time.Duration{}
 	b.ResetTimer()
-	for i := range b.N {
-		netlab.Eventually(b, 60*time.Second, func() error { return s.formed(2, router) })
+	for i := range b.N * runs {
+		netlab.Eventually(b, 60*time.Second, func() error { return s.settled(2, router) })
 		ps, err := router.peers()
 		if err != nil {
 			b.Fatal(err)
@@ -384,7 +391,7 @@ func BenchmarkLabDaemonFailover(b *testing.B) {
 				b.Fatal(err)
 			}
 			s.start(ln)
-			netlab.Eventually(b, 60*time.Second, func() error { return s.formed(2, router) })
+			netlab.Eventually(b, 60*time.Second, func() error { return s.settled(2, router) })
 			if ps, err = router.peers(); err != nil {
 				b.Fatal(err)
 			}

@@ -142,10 +142,15 @@ func newLabSite(t testing.TB) *labSite {
 		}
 		wg.Wait()
 		if t.Failed() {
+			// The whole logs go to files; the test's output gets the end
+			// of each.
+			logs, _ := os.MkdirTemp("", "superpeer-lab-logs-")
 			for _, n := range s.nodes {
 				n.mu.Lock()
 				for i, p := range n.runs {
-					t.Logf("---- %s (run %d) ----\n%s", n.name, i+1, tail(p.Output(), 150))
+					path := filepath.Join(logs, fmt.Sprintf("%s-run%d.log", n.name, i+1))
+					os.WriteFile(path, []byte(p.Output()), 0o644)
+					t.Logf("---- %s (run %d), whole log in %s ----\n%s", n.name, i+1, path, tail(p.Output(), 40))
 				}
 				n.mu.Unlock()
 			}
@@ -353,6 +358,27 @@ func (s *labSite) formed(k int, with ...*labNode) error {
 	}
 	if len(ps.Members) != len(s.nodes) {
 		return fmt.Errorf("the leader %s has %d members, want %d", ln.name, len(ps.Members), len(s.nodes))
+	}
+	return nil
+}
+
+// settled: formed, and the committed set has not changed for a second.
+func (s *labSite) settled(k int, with ...*labNode) error {
+	ln := s.running()[0]
+	before, err := ln.peers()
+	if err != nil {
+		return err
+	}
+	if err := s.formed(k, with...); err != nil {
+		return err
+	}
+	time.Sleep(time.Second) // the span being checked: a second without a new set
+	after, err := ln.peers()
+	if err != nil {
+		return err
+	}
+	if after.Superpeers.Epoch != before.Superpeers.Epoch {
+		return fmt.Errorf("the set changed from epoch %d to %d", before.Superpeers.Epoch, after.Superpeers.Epoch)
 	}
 	return nil
 }
@@ -570,10 +596,18 @@ func (p *labPhone) register(ctx context.Context, registrar netip.AddrPort) error
 		return err
 	}
 	if res.StatusCode != 200 {
-		return fmt.Errorf("REGISTER %s at %v: %d %s", p.aor(), registrar, res.StatusCode, res.Reason)
+		return &statusError{code: res.StatusCode, what: fmt.Sprintf("REGISTER %s at %v: %d %s", p.aor(), registrar, res.StatusCode, res.Reason)}
 	}
 	return nil
 }
+
+// statusError is a final response other than 2xx.
+type statusError struct {
+	code int
+	what string
+}
+
+func (e *statusError) Error() string { return e.what }
 
 // options sends OPTIONS for aor through proxy and returns the final
 // response's status: 200 means the phone registered for aor answered.
@@ -676,6 +710,8 @@ func reachAll(ctx context.Context, caller *labPhone, proxy netip.AddrPort, phone
 }
 
 // registerAll registers every phone through registrar, a few at a time.
+// A phone answered 5xx (the site's state store between leaders) tries
+// again after a moment, as phones do.
 func registerAll(ctx context.Context, registrar netip.AddrPort, phones []*labPhone) error {
 	var (
 		wg   sync.WaitGroup
@@ -688,8 +724,19 @@ func registerAll(ctx context.Context, registrar netip.AddrPort, phones []*labPho
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			if err := ph.register(ctx, registrar); err != nil {
-				errs <- err
+			for {
+				err := ph.register(ctx, registrar)
+				var se *statusError
+				if !errors.As(err, &se) || se.code < 500 || ctx.Err() != nil {
+					if err != nil {
+						errs <- err
+					}
+					return
+				}
+				select {
+				case <-ctx.Done():
+				case <-time.After(100 * time.Millisecond):
+				}
 			}
 		}()
 	}
