@@ -174,6 +174,16 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	// group's bootstrap window.
 	wg.Add(1)
 	go func() { defer wg.Done(); d.nat.discover(runCtx) }()
+	if _, err := os.Stat(filepath.Join(dir, "election", "raft.db")); err == nil {
+		// A member that restarts is back in its group at once: its first
+		// record should carry the NAT's verdict, or the leader ranks it
+		// unknown for a moment and moves the superpeer set twice.
+		select {
+		case <-d.nat.quickDone:
+		case <-d.clock.After(quickDiscoveryWait):
+		case <-runCtx.Done():
+		}
+	}
 
 	if d.node, err = d.startElection(runCtx); err != nil {
 		return fmt.Errorf("election: %w", err)

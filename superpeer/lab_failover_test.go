@@ -437,19 +437,21 @@ func BenchmarkLabDaemonFailover(b *testing.B) {
 	}
 	b.StopTimer()
 
-	var md strings.Builder
-	for _, name := range slices.Sorted(maps.Keys(results)) {
-		ds := results[name]
+	var (
+		md  strings.Builder
+		all []time.Duration
+	)
+	row := func(name string, ds []time.Duration) {
 		slices.Sort(ds)
 		q := func(p float64) time.Duration { return ds[min(len(ds)-1, int(p*float64(len(ds))))] }
 		fmt.Fprintf(&md, "| %s | %d | %d | %d | %d | %d |\n", name, len(ds),
 			ds[0].Milliseconds(), q(0.5).Milliseconds(), q(0.9).Milliseconds(), ds[len(ds)-1].Milliseconds())
 	}
-	var all []time.Duration
-	for _, ds := range results {
-		all = append(all, ds...)
+	for _, name := range slices.Sorted(maps.Keys(results)) {
+		row(name, results[name])
+		all = append(all, results[name]...)
 	}
-	slices.Sort(all)
+	row("all runs", all)
 	b.ReportMetric(float64(all[len(all)/2].Milliseconds()), "median-ms")
 	if path := os.Getenv("FAILOVER_DAEMON_REPORT"); path != "" {
 		if err := os.WriteFile(path, []byte(md.String()), 0o644); err != nil {

@@ -31,6 +31,10 @@ type natPart struct {
 
 	// changed is signalled when discovery has a new report.
 	changed chan struct{}
+	// quickDone is closed when discovery's quick pass has ended, with a
+	// verdict or without.
+	quickDone chan struct{}
+	quickOnce sync.Once
 
 	mu       sync.Mutex // guards following
 	report   *probe.Report
@@ -50,7 +54,7 @@ type NATStatus struct {
 }
 
 func (d *Daemon) startNAT(ctx context.Context) (*natPart, error) {
-	p := &natPart{d: d, changed: make(chan struct{}, 1)}
+	p := &natPart{d: d, changed: make(chan struct{}, 1), quickDone: make(chan struct{})}
 	cfg := d.cfg
 
 	if cfg.Site.Public {
@@ -139,12 +143,17 @@ func (p *natPart) stunServer() string {
 // score ranks reachability first.
 const quickDiscoveryTimeout = 500 * time.Millisecond
 
+// quickDiscoveryWait bounds how long a restarting member waits for the
+// quick pass: its two filtering tests in a row, with room to spare.
+const quickDiscoveryWait = 4 * quickDiscoveryTimeout
+
 // discover runs RFC 5780 behaviour discovery and keeps the report: a quick
 // pass whose verdict the election can use at once, then a patient pass
 // whose verdict stands (on a slow path the quick pass can take a late
 // answer for filtering, or leave the mapping unknown). Each new report is
 // signalled on changed.
 func (p *natPart) discover(ctx context.Context) {
+	defer p.quickOnce.Do(func() { close(p.quickDone) })
 	if p.server == "" {
 		p.mu.Lock()
 		p.discErr = "no STUN server configured (nat.stun_servers, or a bootstrap node)"
@@ -163,6 +172,7 @@ func (p *natPart) discover(ctx context.Context) {
 	if r, err := probe.Discover(ctx, quick); err == nil && r.Mapping != probe.BehaviorUnknown {
 		p.setReport(r)
 	}
+	p.quickOnce.Do(func() { close(p.quickDone) })
 
 	pc := probe.DefaultConfig()
 	pc.Server, pc.Net, pc.Clock, pc.Logger = p.server, p.d.net, p.d.clock, p.d.log.With("part", "discovery")
@@ -197,22 +207,56 @@ func (p *natPart) reachability() overlay.Reachability {
 		return overlay.Public
 	}
 	p.mu.Lock()
-	defer p.mu.Unlock()
+	report := p.report
+	mapped := false
 	for _, h := range p.mappings {
 		if s := h.Status(); s.Active && s.Verified {
-			return overlay.Mapped
+			mapped = true
 		}
 	}
+	p.mu.Unlock()
 	switch {
-	case p.report == nil:
-		return overlay.Unknown
-	case !p.report.NAT:
+	case report != nil && p.d.ownAddr(report.External.Addr()):
+		// The address the world sees is on this host: a router itself
+		// (its own flows go through its masquerade too, which may move
+		// their ports when they collide with a LAN host's).
 		return overlay.Public
-	case p.report.Mapping == probe.EndpointIndependent:
+	case mapped:
+		return overlay.Mapped
+	case report == nil:
+		return overlay.Unknown
+	case !report.NAT:
+		return overlay.Public
+	case report.Mapping == probe.EndpointIndependent:
 		return overlay.EndpointIndependent
 	default:
 		return overlay.Symmetric
 	}
+}
+
+// ownAddr says whether ip is an address of one of this host's interfaces.
+func (d *Daemon) ownAddr(ip netip.Addr) bool {
+	if !ip.IsValid() {
+		return false
+	}
+	ifs, err := d.net.Interfaces()
+	if err != nil {
+		return false
+	}
+	for _, ifc := range ifs {
+		addrs, err := ifc.Addrs()
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			if ipn, ok := a.(*net.IPNet); ok {
+				if own, ok := netip.AddrFromSlice(ipn.IP); ok && own.Unmap() == ip.Unmap() {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }
 
 func electionReach(r overlay.Reachability) election.Reachability {
