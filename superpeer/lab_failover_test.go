@@ -304,6 +304,18 @@ func (s *labSite) checkOps(t *testing.T) {
 			t.Errorf("status: superpeer %s serves SIP at %q, not on the LAN", s.names([]string{sp.Node}), sp.SIP)
 		}
 	}
+	// `superpeer run --role peer`: a desktop agent, serving softphones on
+	// 127.0.0.1:5060 and never a superpeer.
+	s.cli(t, s.byName["agent"], &st, "status", "--json")
+	agentOn := ""
+	for _, p := range st.Parts {
+		if p.Name == "agent" {
+			agentOn = p.State
+		}
+	}
+	if st.Role != "desktop agent" || agentOn != "running on 127.0.0.1:5060" {
+		t.Errorf("status on the agent: role %q, agent part %q", st.Role, agentOn)
+	}
 }
 
 func (s *labSite) nodeNames(ns []*labNode) []string {

@@ -77,7 +77,7 @@ type labNode struct {
 	host  *netlab.Host
 	dir   string // state directory, kept across restarts
 	conf  string
-	role  string // "auto" or "peer" (the desktop agent)
+	role  string // "auto" or "peer" (the desktop agent, by `run --role peer`)
 	class string
 	id    string // node ID, known once it answered
 
@@ -176,21 +176,24 @@ log_level = %s
 [site]
 domain = %s
 device_class = %s
-role = %s
 [nat]
 stun_servers = %s
 [election]
 join_token = %s
 [sip]
 flood_requests = 100000
-`, level, labDomain, n.class, n.role, s.lab.STUN, s.token)
+`, level, labDomain, n.class, s.lab.STUN, s.token)
 }
 
 // start starts the nodes' processes at the same moment.
 func (s *labSite) start(nodes ...*labNode) {
 	s.t.Helper()
 	for _, n := range nodes {
-		p, err := n.host.Start(s.bin, "run", "--state-dir", n.dir, "--config", n.conf)
+		args := []string{"run", "--state-dir", n.dir, "--config", n.conf}
+		if n.role == "peer" {
+			args = append(args, "--role", "peer")
+		}
+		p, err := n.host.Start(s.bin, args...)
 		if err != nil {
 			s.t.Fatal(err)
 		}
