@@ -2,7 +2,10 @@ package sip
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -158,5 +161,71 @@ func TestRecordExpiresWithBinding(t *testing.T) {
 	alice := newPhone(t, "alice", b.addr("udp"), "udp")
 	if _, err := alice.call(ctx, "sip:bob@b.test"); statusOf(err) != 480 {
 		t.Errorf("call to bob after his binding lapsed: %v, want 480", err)
+	}
+}
+
+// stalledLocator is an overlay whose DHT does not answer: every Publish
+// waits until its context ends.
+type stalledLocator struct {
+	Locator
+	called chan struct{}
+}
+
+func (l *stalledLocator) Publish(ctx context.Context, aor string, expires time.Time) error {
+	select {
+	case l.called <- struct{}{}:
+	default:
+	}
+	<-ctx.Done()
+	return fmt.Errorf("storing %s in the DHT: %w", aor, ctx.Err())
+}
+
+// lockedBuffer is a log destination several goroutines write to.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// TestStopWithPublishesPending: a superpeer whose services stop while a
+// hundred registrations wait to be published (a slow DHT) logs nothing
+// about them: their failure is the stop itself, not news for an operator.
+func TestStopWithPublishesPending(t *testing.T) {
+	ov := NewMemOverlay(nil)
+	loc, car := ov.Member("a")
+	slow := &stalledLocator{Locator: loc, called: make(chan struct{}, 1)}
+	store := NewMemBindings(nil)
+	var logs lockedBuffer
+	s := testServer(t, "a", "a.test", nil, Deps{Bindings: store, Locator: slow, Carrier: car}, func(c *Config) {
+		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for i := range 100 {
+		aor := fmt.Sprintf("sip:phone%03d@a.test", i)
+		b := Binding{AOR: aor, Contact: "sip:phone@127.0.0.1:5999", Expires: time.Now().Add(time.Hour), Registered: time.Now()}
+		if err := store.Put(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-slow.called:
+	case <-ctx.Done():
+		t.Fatal("no registration was published")
+	}
+	s.Close()
+	if out := logs.String(); strings.Contains(out, "overlay") && strings.Contains(out, "level=WARN") {
+		t.Errorf("stopping with publishes pending logged warnings:\n%s", out)
 	}
 }

@@ -424,6 +424,9 @@ func (p *publisher) run(ctx context.Context) {
 		p.pending = map[string]bool{}
 		p.mu.Unlock()
 		for _, aor := range aors {
+			if ctx.Err() != nil {
+				return // stopping: the records expire with their bindings
+			}
 			p.sync(ctx, aor)
 		}
 	}
@@ -432,8 +435,10 @@ func (p *publisher) run(ctx context.Context) {
 // sync publishes or withdraws one AOR. A refresh is published only when
 // it moves the record's expiry by more than half its remaining life, so a
 // phone re-registering every minute does not rewrite the DHT every minute.
-func (p *publisher) sync(ctx context.Context, aor string) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+// A failure because the server is stopping (ctx cancelled) is no news to
+// an operator and is not logged.
+func (p *publisher) sync(parent context.Context, aor string) {
+	ctx, cancel := context.WithTimeout(parent, 10*time.Second)
 	defer cancel()
 	bs, err := p.s.bindings.Lookup(ctx, aor)
 	if err != nil {
@@ -454,7 +459,9 @@ func (p *publisher) sync(ctx context.Context, aor string) {
 			return
 		}
 		if err := p.s.locator.Withdraw(ctx, aor); err != nil {
-			p.s.log.Warn("sip: withdrawing from the overlay", "aor", aor, "err", err)
+			if parent.Err() == nil {
+				p.s.log.Warn("sip: withdrawing from the overlay", "aor", aor, "err", err)
+			}
 			return
 		}
 		p.mu.Lock()
@@ -467,7 +474,9 @@ func (p *publisher) sync(ctx context.Context, aor string) {
 		return
 	}
 	if err := p.s.locator.Publish(ctx, aor, latest); err != nil {
-		p.s.log.Warn("sip: publishing to the overlay", "aor", aor, "err", err)
+		if parent.Err() == nil {
+			p.s.log.Warn("sip: publishing to the overlay", "aor", aor, "err", err)
+		}
 		return
 	}
 	p.mu.Lock()
