@@ -35,6 +35,10 @@ type natPart struct {
 	// verdict or without.
 	quickDone chan struct{}
 	quickOnce sync.Once
+	// discovered is closed when the first discovery has ended, both its
+	// passes, with a verdict or without.
+	discovered     chan struct{}
+	discoveredOnce sync.Once
 
 	mu       sync.Mutex // guards following
 	report   *probe.Report
@@ -54,7 +58,7 @@ type NATStatus struct {
 }
 
 func (d *Daemon) startNAT(ctx context.Context) (*natPart, error) {
-	p := &natPart{d: d, changed: make(chan struct{}, 1), quickDone: make(chan struct{})}
+	p := &natPart{d: d, changed: make(chan struct{}, 1), quickDone: make(chan struct{}), discovered: make(chan struct{})}
 	cfg := d.cfg
 
 	if cfg.Site.Public {
@@ -147,12 +151,17 @@ const quickDiscoveryTimeout = 500 * time.Millisecond
 // quick pass: its two filtering tests in a row, with room to spare.
 const quickDiscoveryWait = 4 * quickDiscoveryTimeout
 
+// discoveryRunning is the NAT status's error while a discovery runs and
+// none has found a verdict yet.
+const discoveryRunning = "discovery running"
+
 // discover runs RFC 5780 behaviour discovery and keeps the report: a quick
 // pass whose verdict the election can use at once, then a patient pass
 // whose verdict stands (on a slow path the quick pass can take a late
 // answer for filtering, or leave the mapping unknown). Each new report is
-// signalled on changed.
+// signalled on changed; the end of the first discovery closes discovered.
 func (p *natPart) discover(ctx context.Context) {
+	defer p.discoveredOnce.Do(func() { close(p.discovered) })
 	defer p.quickOnce.Do(func() { close(p.quickDone) })
 	if p.server == "" {
 		p.mu.Lock()
@@ -161,7 +170,7 @@ func (p *natPart) discover(ctx context.Context) {
 		return
 	}
 	p.mu.Lock()
-	p.discErr = "discovery running"
+	p.discErr = discoveryRunning
 	p.mu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()

@@ -382,38 +382,28 @@ func (d *Daemon) lanPrefix() netip.Prefix {
 	return first
 }
 
-// discoveryWait bounds how long the services wait for a NAT discovery
-// that is still running (discovery bounds itself to 20 s); discoveryPoll is
-// how often they look.
-const (
-	discoveryWait = 25 * time.Second
-	discoveryPoll = 250 * time.Millisecond
-)
+// discoveryWait bounds how long the services wait for the first NAT
+// discovery to end (discovery bounds itself to 20 s).
+const discoveryWait = 25 * time.Second
 
 // awaitReachability makes sure the NAT's verdict is known before the
 // overlay starts, since it decides how links are made and which relays
-// media takes: it waits for a discovery under way, and runs one again
-// when the last one failed (a bootstrap node that was not up yet).
+// media takes: it waits for the first discovery to end, and runs one
+// again when that found nothing (a bootstrap node that was not up yet).
 func (d *Daemon) awaitReachability(ctx context.Context) {
 	if d.nat.server == "" || d.nat.reachability() != overlay.Unknown {
 		return
 	}
-	deadline := d.clock.Now().Add(discoveryWait)
-	for d.nat.status().Error == discoveryRunning && d.clock.Now().Before(deadline) {
-		select {
-		case <-ctx.Done():
-			return
-		case <-d.clock.After(discoveryPoll):
-		}
+	select {
+	case <-d.nat.discovered:
+	case <-d.clock.After(discoveryWait):
+	case <-ctx.Done():
+		return
 	}
 	if d.nat.reachability() == overlay.Unknown {
 		d.nat.discover(ctx)
 	}
 }
-
-// discoveryRunning is what the NAT part reports as its discovery error
-// while discovery is still running.
-const discoveryRunning = "discovery running"
 
 // concreteListen reads a listen address, "host:port" or ":port", into
 // ip:port form (0.0.0.0 for all addresses) and its host.
