@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/superpeer/superpeer/election"
 	"github.com/superpeer/superpeer/nat"
 	"github.com/superpeer/superpeer/overlay"
 	"github.com/superpeer/superpeer/overlay/dht"
@@ -256,8 +257,39 @@ func (d *Daemon) followSet(ctx context.Context) {
 		}
 		running, cancel = s, c
 		d.setServices(s)
+		d.advertiseServices(s)
 		d.log.Info("superpeer services running", "sip", d.cfg.SIP.Listen, "turn", d.cfg.TURN.Listen, "overlay", d.cfg.Overlay.Listen)
 	}
+}
+
+// advertiseServices tells the site where the running services listen:
+// a listener configured with port 0 has its port only once it is bound,
+// and the set's members, the desktop agents and DNS-SD must be given that
+// one.
+func (d *Daemon) advertiseServices(s *services) {
+	want := d.serviceAddrs(election.RoleFull)
+	if s.sip != nil {
+		for _, l := range s.sip.Listeners() {
+			if ap, err := netip.ParseAddrPort(l.Addr); err == nil && l.Network == "udp" {
+				want.SIP = withPort(want.SIP, ap.Port())
+			}
+		}
+	}
+	if s.turn != nil {
+		if addrs := s.turn.UDPAddrs(); len(addrs) > 0 {
+			want.TURN = withPort(want.TURN, addrs[0].Port())
+		}
+	}
+	d.node.SetServices(want)
+}
+
+// withPort is hostport with its port replaced; "" stays "".
+func withPort(hostport string, port uint16) string {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return hostport
+	}
+	return net.JoinHostPort(host, strconv.Itoa(int(port)))
 }
 
 func (d *Daemon) setServices(s *services) {

@@ -4,12 +4,14 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/pion/transport/v5/stdnet"
 
+	"github.com/superpeer/superpeer/election"
 	"github.com/superpeer/superpeer/nat/clock"
 	"github.com/superpeer/superpeer/nat/probe"
 	"github.com/superpeer/superpeer/overlay"
@@ -116,4 +118,42 @@ func TestServicesAwaitFirstDiscovery(t *testing.T) {
 		stop()
 		<-done
 	})
+}
+
+// TestServicesAdvertiseBoundPorts: SIP and TURN configured with port 0
+// (the test daemons' ports) are advertised to the site with the ports they
+// were given, not with port 0: a desktop agent forwards there.
+func TestServicesAdvertiseBoundPorts(t *testing.T) {
+	d := startDaemon(t, "")
+	var want, got election.Services
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if s := d.services(); s != nil {
+			for _, l := range s.sip.Listeners() {
+				if l.Network == "udp" {
+					want.SIP = l.Addr
+				}
+			}
+			want.TURN = s.turn.UDPAddrs()[0].String()
+			for _, m := range d.node.Superpeers().Members {
+				if m.ID == d.nodeID.String() {
+					got = m.Services
+				}
+			}
+			if got == want {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the site's superpeer set advertises this node's services as %+v, want %+v", got, want)
+		}
+		time.Sleep(50 * time.Millisecond) // polling the replicated state, within the deadline
+	}
+	if strings.HasSuffix(want.SIP, ":0") || strings.HasSuffix(want.TURN, ":0") {
+		t.Fatalf("bound services %+v", want)
+	}
+	// The desktop agents' choice is the advertised one.
+	if ap, ok := d.currentSuperpeer(); !ok || ap.String() != want.SIP {
+		t.Errorf("the desktop agents would forward to %v (%v), want %s", ap, ok, want.SIP)
+	}
 }

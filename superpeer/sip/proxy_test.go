@@ -190,3 +190,13 @@ func TestOtherMethods(t *testing.T) {
 		t.Errorf("bob received %q, want %q", got, want)
 	}
 }
+
+// TestListenersShareAPort: UDP and TCP listeners configured with port 0
+// end up on one port, so that the superpeer's SIP service is one
+// address for both transports.
+func TestListenersShareAPort(t *testing.T) {
+	s := testServer(t, "sp", "site.test", nil, Deps{}, nil)
+	if u, c := s.addr("udp"), s.addr("tcp"); u != c {
+		t.Errorf("UDP listens on %v, TCP on %v; want one address", u, c)
+	}
+}

@@ -260,7 +260,7 @@ func (s *Server) openListeners() error {
 			s.socks["udp"] = &socket{network: "udp", bound: bound, port: int(bound.Port())}
 			s.serveUDP(&guardedPacketConn{PacketConn: pc, g: s.guard(s.flood)})
 		case "tcp", "tls":
-			tl, err := s.net.ListenTCP("tcp", net.TCPAddrFromAddrPort(ap))
+			tl, err := s.listenStream(ap)
 			if err != nil {
 				return fmt.Errorf("sip: listening on %s %s: %w", l.Network, l.Addr, err)
 			}
@@ -294,6 +294,25 @@ func (s *Server) openListeners() error {
 		s.advertise = s.cfg.Advertise
 	}
 	return nil
+}
+
+// listenStream opens a TCP listener at ap. Port 0 takes the UDP
+// listener's port when it is free, so that one address serves both
+// transports: the site advertises a superpeer's SIP service as one
+// host:port, and a desktop agent dials TCP where it sends UDP.
+func (s *Server) listenStream(ap netip.AddrPort) (transport.TCPListener, error) {
+	if u := s.socks["udp"]; u != nil && ap.Port() == 0 && sameHost(u.bound.Addr(), ap.Addr()) {
+		if tl, err := s.net.ListenTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(ap.Addr(), u.bound.Port()))); err == nil {
+			return tl, nil
+		}
+	}
+	return s.net.ListenTCP("tcp", net.TCPAddrFromAddrPort(ap))
+}
+
+// sameHost: a and b are one address (an unspecified one bound dual-stack
+// is the IPv6 one).
+func sameHost(a, b netip.Addr) bool {
+	return a.Unmap() == b.Unmap() || a.IsUnspecified() && b.IsUnspecified()
 }
 
 func (s *Server) serveUDP(pc net.PacketConn) {
