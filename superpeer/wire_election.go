@@ -82,7 +82,16 @@ func (d *Daemon) startElection(ctx context.Context) (*election.Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return election.Start(ctx, cfg)
+	n, err := election.Start(ctx, cfg)
+	if err != nil && cfg.Discovery == nil {
+		// Multicast refused (no multicast route, a sandbox, an emulator
+		// without IP_ADD_MEMBERSHIP): the daemon still runs, as a site of
+		// one that peers cannot find on the LAN.
+		d.log.Warn("LAN discovery unavailable: running without it; other devices cannot find this one", "err", err)
+		cfg.Discovery = election.NewMemLAN(d.clock, time.Minute).Discovery(cfg.NodeID)
+		n, err = election.Start(ctx, cfg)
+	}
+	return n, err
 }
 
 // serviceAddrs are where this node would serve the LAN as a superpeer.
