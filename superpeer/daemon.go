@@ -195,6 +195,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		ac := sip.DefaultAgentConfig()
 		ac.Listen = d.cfg.SIP.AgentListen
 		ac.TCP = true
+		ac.Superpeers = d.superpeerSIPAddrs
 		ac.Logger = d.log.With("part", "agent")
 		a, err := sip.NewAgent(ac, d.net, d.clock, d.currentSuperpeer)
 		if err != nil {

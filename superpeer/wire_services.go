@@ -141,6 +141,7 @@ func (d *Daemon) startServices(ctx context.Context) (*services, error) {
 		return fail(fmt.Errorf("SIP: %w", err))
 	}
 	s.sip = srv
+	d.addMetrics(srv.Metrics())
 	return s, nil
 }
 
@@ -188,7 +189,7 @@ func (d *Daemon) startTURN(ctx context.Context) (*turn.Server, error) {
 // started again report afresh.
 func (s *services) close() {
 	if s.sip != nil {
-		s.sip.Close()
+		s.sip.Close() // and unregisters its metrics
 	}
 	if s.media != nil {
 		s.media.Close()
@@ -356,6 +357,21 @@ func (d *Daemon) currentSuperpeer() (netip.AddrPort, bool) {
 		}
 	}
 	return netip.AddrPort{}, false
+}
+
+// superpeerSIPAddrs are the SIP addresses of every superpeer of the
+// committed set: a desktop agent hears calls through any of them.
+func (d *Daemon) superpeerSIPAddrs() []netip.AddrPort {
+	if d.node == nil {
+		return nil
+	}
+	var out []netip.AddrPort
+	for _, m := range d.node.Superpeers().Members {
+		if ap, err := netip.ParseAddrPort(m.Services.SIP); err == nil {
+			out = append(out, ap)
+		}
+	}
+	return out
 }
 
 // lifetime is the keeper's view of the NAT binding lifetime.

@@ -42,6 +42,12 @@ type AgentConfig struct {
 	// long (its socket is closed). Default 10 minutes; registrations
 	// refresh well within it.
 	Idle time.Duration `json:"idle"`
+	// Superpeers returns the SIP addresses of every superpeer of the
+	// site's committed set (the daemon reads them from the election). A
+	// call may reach a softphone through any of them, also one the agent
+	// never sent to; requests and responses from others are dropped. Nil:
+	// only the current superpeer and those the agent sent to are heard.
+	Superpeers func() []netip.AddrPort `json:"-"`
 	// TCP also serves softphones over TCP on the same address: each
 	// connection is joined to one the agent opens to the current
 	// superpeer (the superpeer's flow for the phone); when that superpeer
@@ -292,11 +298,8 @@ func (a *Agent) serveUpstream(s *agentSession) {
 			return
 		}
 		src := addrPortOf(from)
-		a.mu.Lock()
-		known := a.seen[src]
-		a.mu.Unlock()
-		if cur, ok := a.current(); !known && (!ok || cur != src) {
-			continue // not from a superpeer of ours
+		if !a.fromSuperpeer(src) {
+			continue
 		}
 		data := buf[:n]
 		if bytes.HasPrefix(data, []byte("SIP/")) {
@@ -316,6 +319,29 @@ func (a *Agent) serveUpstream(s *agentSession) {
 			a.log.Debug("sip agent: delivering to the phone", "phone", s.phone, "err", err)
 		}
 	}
+}
+
+// fromSuperpeer says whether src is a superpeer of the site: one the
+// agent sent to, the current one, or any other of the committed set.
+func (a *Agent) fromSuperpeer(src netip.AddrPort) bool {
+	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+	a.mu.Lock()
+	known := a.seen[src]
+	a.mu.Unlock()
+	if known {
+		return true
+	}
+	if cur, ok := a.current(); ok && cur == src {
+		return true
+	}
+	if a.cfg.Superpeers != nil {
+		for _, sp := range a.cfg.Superpeers() {
+			if netip.AddrPortFrom(sp.Addr().Unmap(), sp.Port()) == src {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // addVia puts our Via on top of a request.

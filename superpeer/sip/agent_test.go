@@ -146,3 +146,72 @@ func TestAgentTCP(t *testing.T) {
 		t.Errorf("bob saw %d INVITEs, want 2", bob.invites.Load())
 	}
 }
+
+// TestAgentHearsEverySuperpeerOfTheSet: bob's softphone registers through
+// the agent, which forwards to sp1, its choice; a call to bob comes in
+// through sp2, the other superpeer of the set, which the agent never sent
+// to. sp2 reaches bob's flow on the LAN directly and the agent lets the
+// INVITE through, because sp2 is in the committed set.
+func TestAgentHearsEverySuperpeerOfTheSet(t *testing.T) {
+	store := NewMemBindings(nil)
+	// The site's superpeers share one flow key, as the daemon derives it.
+	siteKey := func(c *Config) { c.FlowKey = []byte("the site's flow key, 32 bytes..") }
+	sp1 := testServer(t, "sp1", "site.test", nil, Deps{Bindings: store}, siteKey)
+	sp2 := testServer(t, "sp2", "site.test", nil, Deps{Bindings: store}, siteKey)
+	n, err := stdnet.NewNet()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultAgentConfig()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.Logger = testLogger()
+	// The agent's LAN side is another address than the phone's, as on a
+	// desktop: the superpeers reach bob over the agent's flow, not at his
+	// Contact.
+	cfg.Local = netip.MustParseAddr("127.0.0.2")
+	cfg.Superpeers = func() []netip.AddrPort { return []netip.AddrPort{sp1.addr("udp"), sp2.addr("udp")} }
+	agent, err := NewAgent(cfg, n, nil, func() (netip.AddrPort, bool) { return sp1.addr("udp"), true })
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := agent.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer agent.Close()
+
+	bob := newPhone(t, "bob", agent.Addr(), "udp")
+	if res, err := bob.register(ctx, "sip:bob@site.test", 600, nil); err != nil || res.StatusCode != 200 {
+		t.Fatalf("REGISTER through the agent: %v %v", res, err)
+	}
+	alice := newPhone(t, "alice", sp2.addr("udp"), "udp")
+	cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
+	defer ccancel()
+	sess, err := alice.call(cctx, "sip:bob@site.test")
+	if err != nil {
+		t.Fatalf("call to bob through sp2, the superpeer the agent does not forward to: %v", err)
+	}
+	if err := sess.Bye(ctx); err != nil {
+		t.Fatalf("BYE: %v", err)
+	}
+	if bob.invites.Load() != 1 || bob.byes.Load() != 1 {
+		t.Errorf("bob saw %d INVITEs and %d BYEs, want 1 and 1", bob.invites.Load(), bob.byes.Load())
+	}
+	if sp1.Status().Proxy.Forwarded != 0 {
+		t.Errorf("sp1 forwarded %d requests; the call should have gone through sp2 alone", sp1.Status().Proxy.Forwarded)
+	}
+	if sp2.Status().Proxy.Forwarded < 2 {
+		t.Errorf("sp2 forwarded %d requests, want the INVITE and the BYE", sp2.Status().Proxy.Forwarded)
+	}
+
+	// A stranger on the LAN is still not heard.
+	stranger, err := n.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stranger.Close()
+	if agent.fromSuperpeer(addrPortOf(stranger.LocalAddr())) {
+		t.Errorf("the agent takes %v, not a superpeer of the set, for one", stranger.LocalAddr())
+	}
+}
