@@ -3,7 +3,9 @@ package superpeer
 import (
 	"bufio"
 	"context"
+	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -73,6 +75,8 @@ func TestServicesRestartCleanly(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	// Each instance ends a SIP transaction, so that its series exist.
+	pingSIP(t, d.services())
 	for i := range 2 {
 		s, err := d.startServices(ctx)
 		if err != nil {
@@ -81,6 +85,7 @@ func TestServicesRestartCleanly(t *testing.T) {
 		if s.sip == nil || s.turn == nil || s.media == nil || len(s.turn.UDPAddrs()) == 0 {
 			t.Fatalf("start %d: services incomplete: %+v", i+2, s)
 		}
+		pingSIP(t, s)
 		s.close()
 	}
 	resp, err := http.Get("http://" + d.MetricsAddr() + "/metrics")
@@ -96,7 +101,8 @@ func TestServicesRestartCleanly(t *testing.T) {
 			seen[line[:i]]++
 		}
 	}
-	for _, name := range []string{"superpeer_media_calls", `superpeer_media_packets_total{to="callee"}`} {
+	for _, name := range []string{"superpeer_media_calls", `superpeer_media_packets_total{to="callee"}`,
+		`superpeer_sip_transactions_total{method="OPTIONS",class="2xx"}`} {
 		if seen[name] != 1 {
 			t.Errorf("/metrics has %s %d times, want once (the running services' only)", name, seen[name])
 		}
@@ -105,5 +111,42 @@ func TestServicesRestartCleanly(t *testing.T) {
 		if n > 1 {
 			t.Errorf("/metrics has %s %d times", name, n)
 		}
+	}
+}
+
+// pingSIP sends an OPTIONS to the services' SIP server itself and waits
+// for its 200.
+func pingSIP(t *testing.T, s *services) {
+	t.Helper()
+	var addr string
+	for _, l := range s.sip.Listeners() {
+		if l.Network == "udp" {
+			addr = l.Addr
+		}
+	}
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	local := c.LocalAddr().String()
+	ping := strings.Join([]string{
+		"OPTIONS sip:" + addr + " SIP/2.0",
+		"Via: SIP/2.0/UDP " + local + ";branch=z9hG4bK-ping" + strconv.FormatInt(time.Now().UnixNano(), 36) + ";rport",
+		"Max-Forwards: 70",
+		"To: <sip:" + addr + ">",
+		"From: <sip:tester@" + local + ">;tag=ping",
+		"Call-ID: ping-" + local,
+		"CSeq: 1 OPTIONS",
+		"Content-Length: 0",
+		"", ""}, "\r\n")
+	if _, err := c.Write([]byte(ping)); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 4096)
+	n, err := c.Read(buf)
+	if err != nil || !strings.HasPrefix(string(buf[:n]), "SIP/2.0 200 ") {
+		t.Fatalf("OPTIONS to the SIP server at %s: %q, %v", addr, buf[:n], err)
 	}
 }

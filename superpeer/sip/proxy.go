@@ -96,6 +96,9 @@ func (s *Server) reply(tx sip.ServerTransaction, req *sip.Request, code int, rea
 	for _, h := range extra {
 		res.AppendHeader(h)
 	}
+	if code >= 200 {
+		s.tx.count(string(req.Method), code)
+	}
 	if err := tx.Respond(res); err != nil {
 		s.log.Debug("sip: responding", "code", code, "to", req.Source(), "err", err)
 	}
@@ -547,6 +550,10 @@ func (s *Server) forward(ctx context.Context, req *sip.Request, tx sip.ServerTra
 			ctxTx.Terminate()
 			return nil, outcomeTimeout
 		case <-cancelled:
+			// The transaction layer answered the CANCEL with 200 and
+			// ends the INVITE with 487 (RFC 3261 section 9.2).
+			s.tx.count(string(sip.CANCEL), 200)
+			s.tx.count(string(sip.INVITE), 487)
 			if provisional {
 				s.sendCancel(fwd)
 				go drain(ctxTx)
@@ -648,6 +655,9 @@ func (s *Server) relay(tx sip.ServerTransaction, req *sip.Request, res *sip.Resp
 	}
 	out.RemoveHeader("Via")
 	s.anchorResponse(call, req, out)
+	if out.StatusCode >= 200 {
+		s.tx.count(string(req.Method), out.StatusCode)
+	}
 	out.SetTransport(req.Transport())
 	if via := out.Via(); via != nil {
 		out.SetDestination(upstreamDest(via, req.Transport()))

@@ -204,4 +204,9 @@ func TestCancel(t *testing.T) {
 		t.Fatal("the call was answered")
 	}
 	waitFor(t, 5*time.Second, "bob to see the CANCEL", func() bool { return bob.cancels.Load() == 1 })
+	// The metrics count the CANCEL's 200 and the INVITE's 487.
+	m := scrape(s)
+	if m[txSeries("CANCEL", "2xx")] != 1 || m[txSeries("INVITE", "4xx")] != 1 {
+		t.Errorf("transactions counted: %v; want the CANCEL's 2xx and the INVITE's 4xx", m)
+	}
 }

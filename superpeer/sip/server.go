@@ -55,6 +55,7 @@ type Server struct {
 	flood    *floodGuard
 	stats    counters
 	pstats   proxyCounters
+	tx       *txMetrics
 
 	ua  *sipgo.UserAgent
 	srv *sipgo.Server
@@ -110,6 +111,7 @@ func New(cfg Config, n transport.Net, c clock.Clock, deps Deps) (*Server, error)
 		siblings: deps.Siblings,
 		flowKey:  cfg.FlowKey,
 		socks:    map[string]*socket{},
+		tx:       newTxMetrics(),
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -240,7 +242,7 @@ func (s *Server) Start(ctx context.Context) error {
 }
 
 func (s *Server) guard(f *floodGuard) *guard {
-	return &guard{flood: f, log: s.log, maxSize: s.cfg.MaxMessageSize, stats: &s.stats}
+	return &guard{flood: f, log: s.log, maxSize: s.cfg.MaxMessageSize, stats: &s.stats, tx: s.tx}
 }
 
 func (s *Server) openListeners() error {
@@ -357,6 +359,7 @@ func (s *Server) shutdown() {
 		s.ua.Close()
 	}
 	s.calls.releaseAll()
+	s.tx.close()
 	s.log.Info("sip: registrar and proxy stopped", "node", s.cfg.NodeID)
 }
 

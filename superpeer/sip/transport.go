@@ -29,6 +29,7 @@ type guard struct {
 	log     *slog.Logger
 	maxSize int
 	stats   *counters
+	tx      *txMetrics
 }
 
 // counters are the server's event counts, read by Status.
@@ -100,6 +101,7 @@ func (c *guardedPacketConn) refuse(v verdict, addr net.Addr) {
 		return
 	}
 	c.g.stats.refused.Add(1)
+	c.g.tx.count(v.method, v.code)
 	if _, err := c.PacketConn.WriteTo(refusalResponse(v, ""), addr); err != nil {
 		c.g.log.Debug("sip: answering a refused request", "to", addr, "err", err)
 	}
@@ -261,6 +263,7 @@ func (c *streamConn) frameLocked() error {
 		if v.code != 0 || v.kind == kindGarbage {
 			if v.kind == kindRequest && v.method != "ACK" && hasVia(v.copy) {
 				c.g.stats.refused.Add(1)
+				c.g.tx.count(v.method, v.code)
 				if _, err := c.Conn.Write(refusalResponse(v, "")); err != nil {
 					return fmt.Errorf("answering a refused request: %w", err)
 				}
