@@ -29,10 +29,12 @@ import (
 //
 //	WAN[0]  turnutils_peer (and the lab's own STUN server for miniupnpd)
 //	WAN[1]  bootstrap node: public, RFC 5780 STUN on both addresses, TURN
-//	site A  fully random NAT: daemon, SIPp UAC, turnutils_uclient
+//	site A  fully random NAT: daemon, SIPp UAC, turnutils_uclient (then a
+//	        SIPp UAS)
 //	site B  port-preserving NAT (with miniupnpd, for turnutils_peer's
 //	        forward; the daemon asks for no mappings): daemon, SIPp UAS,
 //	        turnutils_peer
+//	site C  fully random NAT: daemon, SIPp UAC
 
 // callsDaemon is one `superpeer run` process in a lab host.
 type callsDaemon struct {
@@ -78,11 +80,11 @@ func (d *callsDaemon) logs() string {
 }
 
 type callsLab struct {
-	t          *testing.T
-	lab        *netlab.Lab
-	bin        string
-	boot, a, b *callsDaemon
-	bootstrap  string // host:port/nodekey
+	t             *testing.T
+	lab           *netlab.Lab
+	bin           string
+	boot, a, b, c *callsDaemon
+	bootstrap     string // host:port/nodekey
 }
 
 // startDaemon writes conf into a fresh state directory and starts
@@ -167,6 +169,7 @@ func startCallsLab(t *testing.T) *callsLab {
 	lab := netlab.Start(t, netlab.Topology{WANHosts: 2, Sites: []netlab.SiteConfig{
 		{Name: "sitea", Mapping: netlab.Random, LANHosts: 3},
 		{Name: "siteb", Mapping: netlab.PortPreserving, UPnP: true, LANHosts: 3},
+		{Name: "sitec", Mapping: netlab.Random, LANHosts: 2},
 	}})
 	l := &callsLab{t: t, lab: lab, bin: buildCallsBinary(t)}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -191,12 +194,13 @@ allow_peers = 203.0.113.0/24
 
 	l.a = l.startDaemon("sitea", lab.Sites[0].LAN[0], callsSiteConfig("sitea.example", lab.Sites[0].LAN[0], l.bootstrap))
 	l.b = l.startDaemon("siteb", lab.Sites[1].LAN[0], callsSiteConfig("siteb.example", lab.Sites[1].LAN[0], l.bootstrap))
-	for _, d := range []*callsDaemon{l.a, l.b} {
+	l.c = l.startDaemon("sitec", lab.Sites[2].LAN[0], callsSiteConfig("sitec.example", lab.Sites[2].LAN[0], l.bootstrap))
+	for _, d := range []*callsDaemon{l.a, l.b, l.c} {
 		l.waitSuperpeer(ctx, d)
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			for _, d := range []*callsDaemon{l.boot, l.a, l.b} {
+			for _, d := range []*callsDaemon{l.boot, l.a, l.b, l.c} {
 				t.Log(d.logs())
 			}
 		}
@@ -246,6 +250,10 @@ func callsNeedTools(t *testing.T, tools ...string) {
 //     and comes back, echoed, to the UAC from A's superpeer: the media is
 //     anchored in both, through a TURN allocation on the public node (A,
 //     whose NAT is symmetric) and on B's own relay (B).
+//   - Both sites behind symmetric NATs: SIPp as UAC at site C (fully
+//     random NAT, like A) calls carol, a SIPp UAS at site A: both
+//     superpeers relay the media on the public node's TURN, each on an
+//     allocation of its own, and the RTP gets through both ways.
 //   - An unregistered AOR gets 404 within 1 s; with B's daemon killed,
 //     bob gets 408 or 480 within 5 s.
 func TestLabCallsAcrossSites(t *testing.T) {
@@ -258,7 +266,7 @@ func TestLabCallsAcrossSites(t *testing.T) {
 	for _, c := range []struct {
 		d    *callsDaemon
 		want string
-	}{{l.a, "symmetric"}, {l.b, "endpoint-independent"}} {
+	}{{l.a, "symmetric"}, {l.b, "endpoint-independent"}, {l.c, "symmetric"}} {
 		ns, err := c.d.nat(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -277,7 +285,7 @@ func TestLabCallsAcrossSites(t *testing.T) {
 	dir := t.TempDir()
 	proxyA, proxyB := netip.AddrPortFrom(l.a.host.Addr, 5060), netip.AddrPortFrom(l.b.host.Addr, 5060)
 	uasHost, uacHost := siteB.LAN[1], siteA.LAN[1]
-	uasIP, uacIP := uasHost.Addr.String(), uacHost.Addr.String()
+	uasIP := uasHost.Addr.String()
 	const mediaPort = 6000
 	uas, err := uasHost.Start("sipp", "-sf", callsScenario(t, dir, "uas.xml", proxyB), "-i", uasIP, "-p", "5070",
 		"-mi", uasIP, "-mp", strconv.Itoa(mediaPort), "-rtp_echo")
@@ -298,13 +306,7 @@ func TestLabCallsAcrossSites(t *testing.T) {
 	uacRTP := callsCountRTP(ctx, t, uacHost, l.a.host.Addr, mediaPort)
 
 	uac := func(calls, rate int, timeout time.Duration) ([]byte, error) {
-		c := uacHost.Command(ctx, "sipp", proxyA.String(), "-sf", callsScenario(t, dir, "uac_rtp.xml", proxyA),
-			"-s", "bob", "-key", "domain", "siteb.example", "-i", uacIP, "-p", "5061",
-			"-mi", uacIP, "-mp", strconv.Itoa(mediaPort),
-			"-m", strconv.Itoa(calls), "-r", strconv.Itoa(rate), "-d", "1000",
-			"-timeout", fmt.Sprintf("%ds", int(timeout.Seconds())), "-timeout_error")
-		c.Dir = dir
-		return c.CombinedOutput()
+		return callsUAC(ctx, t, uacHost, dir, proxyA, "bob@siteb.example", mediaPort, calls, rate, timeout)
 	}
 	// Bob's record reaches the overlay and site A's lookups within a few
 	// seconds of the REGISTER: one call at a time until one succeeds.
@@ -363,6 +365,8 @@ func TestLabCallsAcrossSites(t *testing.T) {
 		return nil
 	})
 
+	t.Run("both-symmetric", func(t *testing.T) { labBothSymmetric(ctx, t, l) })
+
 	// An AOR nobody registered: 404 at once.
 	if code, took := callsInvite(t, uacHost, proxyA, "nobody"); code != 404 || took > time.Second {
 		t.Errorf("call to an unregistered AOR: %d after %v, want 404 within 1 s", code, took)
@@ -373,6 +377,102 @@ func TestLabCallsAcrossSites(t *testing.T) {
 	if code, took := callsInvite(t, uacHost, proxyA, "bob"); (code != 408 && code != 480) || took > 5*time.Second {
 		t.Errorf("call to bob with site B down: %d after %v, want 408 or 480 within 5 s", code, took)
 	}
+}
+
+// labBothSymmetric: SIPp as UAC at site C calls carol, a SIPp UAS at site
+// A, ten times with G.711 media. Both sites are behind fully random NATs,
+// so both superpeers relay the media on the public node's TURN relay, each
+// on an allocation of its own whose peer is the other's: every call
+// succeeds and the RTP reaches the UAS from A's superpeer and comes back,
+// echoed, to the UAC from C's.
+func labBothSymmetric(ctx context.Context, t *testing.T, l *callsLab) {
+	siteA, siteC := l.lab.Sites[0], l.lab.Sites[2]
+	dir := t.TempDir()
+	proxyA, proxyC := netip.AddrPortFrom(l.a.host.Addr, 5060), netip.AddrPortFrom(l.c.host.Addr, 5060)
+	// Site A's third host ran turnutils_uclient, which has ended.
+	uasHost, uacHost := siteA.LAN[2], siteC.LAN[1]
+	uasIP := uasHost.Addr.String()
+	const mediaPort = 6000
+	uas, err := uasHost.Start("sipp", "-sf", callsScenario(t, dir, "uas.xml", proxyA), "-i", uasIP, "-p", "5070",
+		"-mi", uasIP, "-mp", strconv.Itoa(mediaPort), "-rtp_echo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer uas.Stop()
+	reg := uasHost.Command(ctx, "sipp", proxyA.String(), "-sf", callsScenario(t, dir, "register.xml", proxyA),
+		"-s", "carol", "-key", "domain", "sitea.example", "-key", "uasport", "5070", "-i", uasIP, "-p", "5071", "-mp", "6100",
+		"-m", "1", "-timeout", "20s", "-timeout_error")
+	reg.Dir = dir
+	if out, err := reg.CombinedOutput(); err != nil {
+		t.Fatalf("SIPp REGISTER at site A failed: %v\n%s", err, callsTail(out))
+	}
+	uasRTP := callsCountRTP(ctx, t, uasHost, l.a.host.Addr, mediaPort)
+	uacRTP := callsCountRTP(ctx, t, uacHost, l.c.host.Addr, mediaPort)
+	const relay = `superpeer_media_sockets_total{relay="` + relayRemoteTURN + `"}`
+	aBefore := callsMetrics(ctx, t, l.a)[relay]
+	bootBefore, err := l.boot.turnStatus(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Carol's record reaches the overlay and site C's lookups within a
+	// few seconds of the REGISTER.
+	if err := netlab.Wait(ctx, 60*time.Second, func() error {
+		if out, err := callsUAC(ctx, t, uacHost, dir, proxyC, "carol@sitea.example", mediaPort, 1, 1, 15*time.Second); err != nil {
+			return fmt.Errorf("first call to carol: %v\n%s", err, callsTail(out))
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("%v\nUAS:\n%s", err, callsHead(uas.Output()))
+	}
+	const calls = 10
+	out, err := callsUAC(ctx, t, uacHost, dir, proxyC, "carol@sitea.example", mediaPort, calls, 5, 60*time.Second)
+	if err != nil {
+		t.Fatalf("SIPp UAC at site C: %v (not every call succeeded)\n%s\nUAS:\n%s", err, callsTail(out), callsHead(uas.Output()))
+	}
+	if m := regexp.MustCompile(`Successful call\s*\|\s*\d+\s*\|\s*(\d+)`).FindSubmatch(out); m == nil || string(m[1]) != strconv.Itoa(calls) {
+		t.Errorf("SIPp did not report %d successful calls:\n%s", calls, callsTail(out))
+	}
+
+	t.Logf("RTP packets: %d to the UAS from site A's superpeer, %d back to the UAC from site C's", uasRTP(), uacRTP())
+	// 11 calls of a second of G.711 each, counted as the first phase
+	// counts them; a tenth of it shows the media crossed both ways.
+	if n := uasRTP(); n < 100 {
+		t.Errorf("the UAS got %d RTP packets from site A's superpeer, want at least 100", n)
+	}
+	if n := uacRTP(); n < 100 {
+		t.Errorf("the UAC got %d echoed RTP packets from site C's superpeer, want at least 100", n)
+	}
+	if got := callsMetrics(ctx, t, l.c)[relay]; got < calls+1 {
+		t.Errorf("site C's superpeer made %v relays on the public node, want one per call (%d)", got, calls+1)
+	}
+	if got := callsMetrics(ctx, t, l.a)[relay] - aBefore; got < calls+1 {
+		t.Errorf("site A's superpeer made %v relays on the public node for carol's calls, want one per call (%d)", got, calls+1)
+	}
+	// On the public node, each packet crosses from one allocation to the
+	// other: it counts once to a peer and once from one.
+	bootAfter, err := l.boot.turnStatus(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := bootAfter.ToPeer.Packets - bootBefore.ToPeer.Packets; d < 200 {
+		t.Errorf("the public node's relay carried %d packets to peers during carol's calls, want at least 200", d)
+	}
+}
+
+// callsUAC runs SIPp as a UAC on h calling aor (user@domain) through proxy
+// with G.711 media from mediaPort: calls calls at rate a second, each a
+// second long.
+func callsUAC(ctx context.Context, t *testing.T, h *netlab.Host, dir string, proxy netip.AddrPort, aor string, mediaPort, calls, rate int, timeout time.Duration) ([]byte, error) {
+	user, domain, _ := strings.Cut(aor, "@")
+	ip := h.Addr.String()
+	c := h.Command(ctx, "sipp", proxy.String(), "-sf", callsScenario(t, dir, "uac_rtp.xml", proxy),
+		"-s", user, "-key", "domain", domain, "-i", ip, "-p", "5061",
+		"-mi", ip, "-mp", strconv.Itoa(mediaPort),
+		"-m", strconv.Itoa(calls), "-r", strconv.Itoa(rate), "-d", "1000",
+		"-timeout", fmt.Sprintf("%ds", int(timeout.Seconds())), "-timeout_error")
+	c.Dir = dir
+	return c.CombinedOutput()
 }
 
 // labTURN: turnutils_uclient on a LAN host allocates on its site's

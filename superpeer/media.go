@@ -38,7 +38,11 @@ import (
 //   - behind a symmetric NAT, where no mapping learnt here is any use to
 //     the far side, an allocation on the TURN relay of a public node (the
 //     overlay's bootstrap nodes), with credentials that node mints on
-//     request over the overlay.
+//     request over the overlay. When both sites are behind symmetric NATs
+//     both allocate there, and each allocation's peer is the other's
+//     relayed address: the public node's relay lets its own allocations
+//     reach one another (turn.Config.RelayBetweenAllocations), and no
+//     other port of its own addresses.
 //
 // Once the far side's relay address is known (from the SDP of the other
 // leg), the remote-facing socket asks for a permission towards it, so the

@@ -162,6 +162,11 @@ func (d *Daemon) startTURN(ctx context.Context) (*turn.Server, error) {
 			tc.AllowPeers = append(tc.AllowPeers, pfx)
 		}
 	}
+	// A public node's relay carries the media of calls between two sites
+	// behind symmetric NATs, each on an allocation of its own here: one
+	// allocation's peer is then the other's relayed address, this node's
+	// own (see media.go).
+	tc.RelayBetweenAllocations = d.nat.reachability() == overlay.Public
 	tc.TotalQuota, tc.UserQuota = d.cfg.TURN.MaxAllocations, d.cfg.TURN.UserAllocations
 	tc.MaxCredentialLifetime = d.cfg.TURN.CredentialLifetime
 	if d.cfg.Site.Public {

@@ -83,6 +83,16 @@ type Config struct {
 	AllowPeers []netip.Prefix
 	// DenyPeers are ranges refused in addition to the built-in list.
 	DenyPeers []netip.Prefix
+	// RelayBetweenAllocations lets an allocation have another UDP
+	// allocation of this server as its peer, though that peer's relayed
+	// address is one of the superpeer's own: a public node sets it, since
+	// two sites behind symmetric NATs both relay their calls' media on
+	// it and one allocation must reach the other. Only the relayed
+	// addresses of live allocations are opened, never another port of
+	// the node's own addresses, and an allocation that holds such a
+	// permission takes packets from its own addresses only from the
+	// relays it asked for.
+	RelayBetweenAllocations bool
 
 	// UserQuota bounds concurrent allocations per user (the user part of
 	// the credential); TotalQuota bounds them all. Beyond either an

@@ -109,7 +109,13 @@ func (g *guard) peers(m *stun.Message, method stun.Method, src net.Addr, reply f
 
 	reason, phrase := "", ""
 	for _, p := range peers {
-		if ref := s.policy.Check(p.Addr()); ref != nil {
+		var ref *Refusal
+		if method == stun.MethodConnect {
+			ref = s.policy.Check(p.Addr()) // TCP peers are never other allocations
+		} else {
+			ref = s.checkPeer(p)
+		}
+		if ref != nil {
 			reason, phrase = ref.Reason, "Forbidden" // the range stays in the log: no map of the LAN for clients
 			s.log.Debug("turn: refusing a peer", "client", src, "peer", p.Addr(), "form", ref.Form, "range", ref.Range, "method", method)
 			break

@@ -141,6 +141,26 @@ func (p *PeerPolicy) Check(a netip.Addr) *Refusal {
 			return &Refusal{Addr: a, Form: f, Reason: ReasonOwnAddress, Range: "the superpeer's own address"}
 		}
 	}
+	return p.checkRanges(a, forms)
+}
+
+// refusesAsOwn reports whether Check refuses a, as it is written, for
+// being one of the superpeer's own addresses. It runs on the relay path of
+// allocations that relay to other allocations, so it does not allocate.
+func (p *PeerPolicy) refusesAsOwn(a netip.Addr) bool {
+	a = a.WithZone("").Unmap()
+	p.mu.RLock()
+	own := p.own[a]
+	p.mu.RUnlock()
+	return own && !p.allowsExactly(a)
+}
+
+// checkRanges is Check without the own-address rule: the allowed and
+// denied ranges alone decide. forms are a's canonical forms.
+func (p *PeerPolicy) checkRanges(a netip.Addr, forms []netip.Addr) *Refusal {
+	if len(forms) == 0 {
+		return &Refusal{Addr: a, Form: a, Reason: ReasonForbiddenPeer, Range: "not an IP address"}
+	}
 	for _, f := range forms {
 		if p.allows(f) {
 			continue

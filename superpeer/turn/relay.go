@@ -70,6 +70,12 @@ type relay struct {
 
 	perms            atomic.Pointer[map[netip.Addr]bool]
 	toPeer, fromPeer traffic
+	// ownPeers are the other allocations' relays (their relayed and
+	// local addresses) this one was permitted to reach under
+	// Config.RelayBetweenAllocations; nil until one is. With a permission
+	// for one of the server's own addresses, they are the only ports of
+	// such an address it sends to or takes packets from.
+	ownPeers atomic.Pointer[map[netip.AddrPort]bool]
 
 	mu       sync.Mutex // guards following
 	learnt   time.Time  // when STUN last confirmed external
@@ -108,6 +114,38 @@ func (r *relay) setPermitted(a netip.Addr, on bool) {
 		delete(m, a)
 	}
 	r.perms.Store(&m)
+}
+
+// addOwnPeers adds relays of this server to the ones this relay may
+// exchange packets with (copy on write, like perms).
+func (r *relay) addOwnPeers(aps ...netip.AddrPort) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	old := r.ownPeers.Load()
+	m := make(map[netip.AddrPort]bool, 4)
+	if old != nil {
+		for k := range *old {
+			m[k] = true
+		}
+	}
+	for _, ap := range aps {
+		m[ap] = true
+	}
+	r.ownPeers.Store(&m)
+}
+
+// ownPeerRefused reports whether a packet between this relay and ap must
+// not pass: ap is at one of the server's own addresses and is not a relay
+// this one was permitted to reach. Relays that never were have nothing to
+// check (pion relays only to permitted addresses, and an own address is
+// permitted only through ownPeers or an operator's single-address allow).
+func (r *relay) ownPeerRefused(ap netip.AddrPort) bool {
+	m := r.ownPeers.Load()
+	if m == nil {
+		return false
+	}
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	return !(*m)[ap] && r.s.policy.refusesAsOwn(ap.Addr())
 }
 
 // keep puts the flow towards remote under the keeper until the relay
@@ -211,6 +249,10 @@ func (r *udpRelay) ReadFrom(p []byte) (int, net.Addr, error) {
 			r.s.refuse(ReasonNoPermission)
 			continue
 		}
+		if r.ownPeerRefused(src) {
+			r.s.refuse(ReasonOwnAddress)
+			continue
+		}
 		if !r.fromPeer.limit.allow(r.s.clk.Now(), n) {
 			r.s.refuse(ReasonBandwidth)
 			continue
@@ -221,6 +263,10 @@ func (r *udpRelay) ReadFrom(p []byte) (int, net.Addr, error) {
 }
 
 func (r *udpRelay) WriteTo(p []byte, to net.Addr) (int, error) {
+	if r.ownPeers.Load() != nil && (r.ownPeerRefused(addrPortOf(to)) || !r.s.liveRelayIfOwn(addrPortOf(to))) {
+		r.s.refuse(ReasonOwnAddress)
+		return len(p), nil
+	}
 	if !r.toPeer.limit.allow(r.s.clk.Now(), len(p)) {
 		r.s.refuse(ReasonBandwidth)
 		return len(p), nil

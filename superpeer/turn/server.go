@@ -552,7 +552,7 @@ func (s *Server) permissionHandler(local net.Addr) turn.PermissionHandler {
 			s.refuse(ReasonForbiddenPeer)
 			return false
 		}
-		if ref := s.policy.Check(ip); ref != nil {
+		if ref := s.policy.Check(ip); ref != nil && !(ref.Reason == ReasonOwnAddress && s.grantOwnRelay(keyOf(src, local), ip)) {
 			s.refuse(ref.Reason)
 			return false
 		}
@@ -566,6 +566,72 @@ func (s *Server) permissionHandler(local net.Addr) turn.PermissionHandler {
 		}
 		return true
 	}
+}
+
+// ownRelay returns this server's live UDP relay at ap (its relayed or its
+// local address) when Config.RelayBetweenAllocations lets allocations
+// relay to one another, and nil otherwise.
+func (s *Server) ownRelay(ap netip.AddrPort) *relay {
+	if !s.cfg.RelayBetweenAllocations {
+		return nil
+	}
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if r := s.relays[relayKey{ap: ap}]; r != nil {
+		return r
+	}
+	for k, r := range s.relays {
+		if !k.tcp && r.local == ap {
+			return r
+		}
+	}
+	return nil
+}
+
+// liveRelayIfOwn reports whether a packet may go to ap as far as the
+// server's own addresses go: ap is not one of them, or it is a live relay
+// of this server.
+func (s *Server) liveRelayIfOwn(ap netip.AddrPort) bool {
+	return !s.policy.refusesAsOwn(ap.Addr()) || s.ownRelay(ap) != nil
+}
+
+// checkPeer is the policy's verdict on a peer of a CreatePermission or
+// ChannelBind: one of the server's own addresses passes when it is the
+// relay of another allocation and RelayBetweenAllocations is set (the
+// ranges still apply).
+func (s *Server) checkPeer(peer netip.AddrPort) *Refusal {
+	ref := s.policy.Check(peer.Addr())
+	if ref == nil || ref.Reason != ReasonOwnAddress || s.ownRelay(peer) == nil {
+		return ref
+	}
+	return s.policy.checkRanges(peer.Addr(), Canonical(peer.Addr()))
+}
+
+// grantOwnRelay decides pion's permission for ip, one of the server's own
+// addresses, for the allocation key: granted when a peer of the request
+// being handled is a relay of this server at ip (checkPeer passed it),
+// which the allocation's relay then adds to its own peers.
+func (s *Server) grantOwnRelay(key allocKey, ip netip.Addr) bool {
+	ip = ip.Unmap()
+	s.mu.Lock()
+	a := s.allocs[key]
+	var requested []netip.AddrPort
+	if a != nil && a.relay != nil {
+		requested = append(requested, a.requested...)
+	}
+	s.mu.Unlock()
+	granted := false
+	for _, p := range requested {
+		if p.Addr().Unmap() != ip || s.checkPeer(p) != nil {
+			continue
+		}
+		if peer := s.ownRelay(p); peer != nil && peer != a.relay {
+			a.relay.addOwnPeers(peer.external, peer.local)
+			granted = true
+		}
+	}
+	return granted
 }
 
 // noteRequestedPeers remembers the peers of the request the guard passes

@@ -657,3 +657,114 @@ func TestConfigValidate(t *testing.T) {
 		}
 	}
 }
+
+// TestRelayBetweenAllocations: two sites behind symmetric NATs relay a
+// call's media on the same public node, each on its own allocation, and
+// one allocation's peer is the other's relayed address, one of the node's
+// own. With RelayBetweenAllocations the two reach each other both ways
+// (CreatePermission and ChannelBind); another port of the node's own
+// address stays closed: a permission for it is refused, a packet sent
+// there under the relay's permission is dropped, and a packet from there
+// does not reach the client. Without the option the relay is refused as
+// before.
+func TestRelayBetweenAllocations(t *testing.T) {
+	// Every loopback address is allowed as a peer, so the own-address
+	// rule alone decides (a range wider than one address never opens the
+	// node's own addresses).
+	loopback := []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	t.Run("off", func(t *testing.T) {
+		s := startLoopback(t, nil, false, func(c *Config) { c.AllowPeers = loopback })
+		a, b := client(t, s, "udp4", "site-a"), client(t, s, "udp4", "site-b")
+		if _, code := a.allocate(17, 0); code != 0 {
+			t.Fatalf("allocate: %d", code)
+		}
+		rb, code := b.allocate(17, 0)
+		if code != 0 {
+			t.Fatalf("allocate: %d", code)
+		}
+		if code := a.peerRequest(stun.MethodCreatePermission, rb); code != stun.CodeForbidden {
+			t.Errorf("CreatePermission for another allocation without the option: %d, want 403", code)
+		}
+	})
+
+	s := startLoopback(t, nil, false, func(c *Config) {
+		c.AllowPeers = loopback
+		c.RelayBetweenAllocations = true
+	})
+	a, b := client(t, s, "udp4", "site-a"), client(t, s, "udp4", "site-b")
+	ra, code := a.allocate(17, 0)
+	if code != 0 {
+		t.Fatalf("allocate: %d", code)
+	}
+	rb, code := b.allocate(17, 0)
+	if code != 0 {
+		t.Fatalf("allocate: %d", code)
+	}
+	if code := a.peerRequest(stun.MethodCreatePermission, rb); code != 0 {
+		t.Fatalf("CreatePermission for the other allocation: %d", code)
+	}
+	if code := b.peerRequest(stun.MethodCreatePermission, ra); code != 0 {
+		t.Fatalf("CreatePermission for the other allocation: %d", code)
+	}
+	// A service of the node on its own address, and the TURN port itself.
+	svc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	svcAddr := addrPortOf(svc.LocalAddr())
+	if code := a.peerRequest(stun.MethodCreatePermission, svcAddr); code != stun.CodeForbidden {
+		t.Errorf("CreatePermission for a port of the node's own address that is no relay: %d, want 403", code)
+	}
+	if code := a.peerRequest(stun.MethodCreatePermission, s.UDPAddrs()[0]); code != stun.CodeForbidden {
+		t.Errorf("CreatePermission for the TURN port: %d, want 403", code)
+	}
+
+	media := bytes.Repeat([]byte{0x80}, 172)
+	for i := range 5 {
+		a.send(rb, media)
+		from, data, err := b.receive(3 * time.Second)
+		if err != nil || from != ra || !bytes.Equal(data, media) {
+			t.Fatalf("packet %d from A's allocation to B's: from %v, %d bytes, %v", i, from, len(data), err)
+		}
+		b.send(ra, media)
+		from, data, err = a.receive(3 * time.Second)
+		if err != nil || from != rb || !bytes.Equal(data, media) {
+			t.Fatalf("packet %d from B's allocation to A's: from %v, %d bytes, %v", i, from, len(data), err)
+		}
+	}
+
+	// A holds a permission for the node's own address (for B's relay):
+	// what it sends to the service is dropped. Packets of one client are
+	// relayed in order and loopback delivers at once, so once B has the
+	// packet sent after it, the service would have had its own.
+	a.send(svcAddr, []byte("to a service of the node"))
+	a.send(rb, media)
+	if _, _, err := b.receive(3 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	svc.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if n, _, err := svc.ReadFrom(make([]byte, 1500)); err == nil {
+		t.Errorf("a service on the node's own address got %d bytes through A's relay", n)
+	}
+	// The service sends to A's relay first, B's relay after it: A gets
+	// only B's packet.
+	if _, err := svc.WriteTo([]byte("from a service of the node"), net.UDPAddrFromAddrPort(ra)); err != nil {
+		t.Fatal(err)
+	}
+	b.send(ra, media)
+	if from, data, err := a.receive(3 * time.Second); err != nil || from != rb || !bytes.Equal(data, media) {
+		t.Errorf("A's first packet after the service's: from %v, %q, %v; want B's relay's media", from, data, err)
+	}
+	if st := s.Status(); st.Refusals[ReasonOwnAddress] < 4 {
+		t.Errorf("refusals for the node's own address: %d, want the 2 permissions and the 2 packets", st.Refusals[ReasonOwnAddress])
+	}
+	// A channel to the other allocation is bound like a permission (the
+	// raw client reads no channel data, so this comes last).
+	if code := b.peerRequest(stun.MethodChannelBind, ra); code != 0 {
+		t.Errorf("ChannelBind to the other allocation: %d", code)
+	}
+	if code := a.peerRequest(stun.MethodChannelBind, svcAddr); code != stun.CodeForbidden {
+		t.Errorf("ChannelBind to a port of the node's own address that is no relay: %d, want 403", code)
+	}
+}
