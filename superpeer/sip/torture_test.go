@@ -473,6 +473,10 @@ func TestStreamFraming(t *testing.T) {
 	}
 	mf := bytes.Replace(tcpPing, []byte("Max-Forwards: 70"), []byte("Max-Forwards: 70\r\nProxy-Require: nothing"), 1)
 	mf = bytes.Replace(mf, []byte("OPTIONS sip:127.0.0.1"), []byte("OPTIONS sip:x@example.com"), 1)
+	// A transaction of its own: with the ping's branch, the ping could
+	// arrive while the refusal's transaction still lives and get its
+	// response again as a retransmission's.
+	mf = bytes.Replace(mf, []byte("branch=z9hG4bK-ping-"), []byte("branch=z9hG4bK-refused-"), 1)
 	c.Write(mf)
 	if code, err := readResponse(r); code != 420 {
 		t.Errorf("refused request on a stream: %d %v, want 420", code, err)
