@@ -84,12 +84,24 @@ func TestLabSite(t *testing.T) {
 		t.Fatalf("softphone registering through the desktop agent: %v", err)
 	}
 	// The agent forwards to one superpeer of the set, and a call reaches
-	// the softphone through either.
-	for _, sp := range sps {
-		if err := caller.call(ctx, sp.sipAddr(), bob.aor()); err != nil {
-			t.Fatalf("calling the softphone through %s before any failure: %v", sp.name, err)
+	// the softphone through each superpeer of the set as the agent sees
+	// it: also through one it never sent to, once the binding is in that
+	// one's replica (a moment behind).
+	netlab.Eventually(t, 15*time.Second, func() error {
+		set, err := s.superpeers(agent)
+		if err != nil || len(set) != 2 {
+			return fmt.Errorf("the agent sees superpeers %v (err %v)", s.nodeNames(set), err)
 		}
-	}
+		for _, sp := range set {
+			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			err := caller.call(cctx, sp.sipAddr(), bob.aor())
+			cancel()
+			if err != nil {
+				return fmt.Errorf("calling the softphone through %s before any failure: %w", sp.name, err)
+			}
+		}
+		return nil
+	})
 	bobInvites := bob.invites.Load()
 
 	killed := time.Now()
@@ -228,34 +240,37 @@ func (s *labSite) failedOver(viewer, dead *labNode, caller *labPhone, phones []*
 
 // checkVoters: `superpeer peers --json` on the leader lists every member
 // with its score; three voters, and neither the laptop nor the desktop
-// agent among them.
+// agent among them. Members report and are promoted a moment after the
+// set is committed: the leader's view is read until it settles.
 func (s *labSite) checkVoters(t *testing.T) {
 	t.Helper()
-	var ps election.Status
-	s.cli(t, s.byName["router"], &ps, "peers", "--json")
-	if ps.Leader != "" {
-		if ln := s.byID(ps.Leader); ln != nil {
-			s.cli(t, ln, &ps, "peers", "--json")
+	netlab.Eventually(t, 15*time.Second, func() error {
+		var ps election.Status
+		s.cli(t, s.byName["router"], &ps, "peers", "--json")
+		if ps.Leader != "" {
+			if ln := s.byID(ps.Leader); ln != nil {
+				s.cli(t, ln, &ps, "peers", "--json")
+			}
 		}
-	}
-	voters := map[string]bool{}
-	for _, m := range ps.Members {
-		n := s.byID(m.ID)
-		if n == nil {
-			t.Errorf("peers lists %s, not a node of the site", m.ID)
-			continue
+		voters := map[string]bool{}
+		for _, m := range ps.Members {
+			n := s.byID(m.ID)
+			if n == nil {
+				return fmt.Errorf("peers lists %s, not a node of the site", m.ID)
+			}
+			if m.Score <= 0 || m.Capability.Class != election.DeviceClass(n.class) {
+				return fmt.Errorf("peers: %s has score %d, class %q; want a score and class %q", n.name, m.Score, m.Capability.Class, n.class)
+			}
+			if m.Voter {
+				voters[n.name] = true
+			}
 		}
-		if m.Score <= 0 || m.Capability.Class != election.DeviceClass(n.class) {
-			t.Errorf("peers: %s has score %d, class %q; want a score and class %q", n.name, m.Score, m.Capability.Class, n.class)
+		if len(ps.Members) != len(s.nodes) || len(voters) != 3 || voters["laptop"] || voters["agent"] {
+			return fmt.Errorf("peers: %d members, voters %v; want %d members and three voters, neither the laptop nor the agent",
+				len(ps.Members), voters, len(s.nodes))
 		}
-		if m.Voter {
-			voters[n.name] = true
-		}
-	}
-	if len(ps.Members) != len(s.nodes) || len(voters) != 3 || voters["laptop"] || voters["agent"] {
-		t.Errorf("peers: %d members, voters %v; want %d members and three voters, neither the laptop nor the agent",
-			len(ps.Members), voters, len(s.nodes))
-	}
+		return nil
+	})
 }
 
 // checkOps runs the ops subcommands against the running site, as an
