@@ -223,6 +223,30 @@ func (n *Node) keepalive() {
 	for _, s := range ping {
 		_ = s.send(&wire.Frame{Type: wire.TypePing, Nonce: s.pingNonce})
 	}
+	n.advertiseReach()
+}
+
+// advertiseReach sends the links this node's reach when it changed since
+// it last did: at most once a keepalive interval, however often the
+// neighbours' links change.
+func (n *Node) advertiseReach() {
+	n.mu.Lock()
+	reach := n.table.Reach()
+	if slices.Equal(reach, n.reachSent) {
+		n.mu.Unlock()
+		return
+	}
+	n.reachSent = reach
+	var ss []*session
+	for _, s := range n.sessions {
+		if s.linked {
+			ss = append(ss, s)
+		}
+	}
+	n.mu.Unlock()
+	for _, s := range ss {
+		_ = s.send(&wire.Frame{Type: wire.TypeReach, Reach: reach})
+	}
 }
 
 // refresh re-puts the records this node published that have not expired.

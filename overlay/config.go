@@ -138,6 +138,11 @@ type Config struct {
 	// RequestTimeout bounds one routed request (put, get, connect).
 	// Default 5 s.
 	RequestTimeout time.Duration
+	// HopTimeout bounds the wait for a neighbour's acknowledgement of a
+	// forwarded message before the next best neighbour is tried (four
+	// round trips of the link when measured, at least 150 ms, never more
+	// than this). Default 1 s; less than RequestTimeout.
+	HopTimeout time.Duration
 	// HandshakeTimeout bounds a DTLS handshake or a hole punch.
 	// Default 5 s.
 	HandshakeTimeout time.Duration
@@ -163,6 +168,7 @@ func DefaultConfig() Config {
 		MaintainInterval:  time.Minute,
 		RefreshInterval:   5 * time.Minute,
 		RequestTimeout:    5 * time.Second,
+		HopTimeout:        time.Second,
 		HandshakeTimeout:  5 * time.Second,
 	}
 }
@@ -193,6 +199,7 @@ func (c Config) withDefaults() Config {
 	setDur(&c.MaintainInterval, d.MaintainInterval)
 	setDur(&c.RefreshInterval, d.RefreshInterval)
 	setDur(&c.RequestTimeout, d.RequestTimeout)
+	setDur(&c.HopTimeout, d.HopTimeout)
 	setDur(&c.HandshakeTimeout, d.HandshakeTimeout)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -236,6 +243,9 @@ func (c Config) Validate() error {
 	}
 	if c.Replicas < 1 || c.Replicas > c.Table.Degree {
 		errs = append(errs, fmt.Errorf("replicas %d: want 1..degree (%d)", c.Replicas, c.Table.Degree))
+	}
+	if c.HopTimeout >= c.RequestTimeout {
+		errs = append(errs, fmt.Errorf("hop timeout %v must be under the request timeout %v", c.HopTimeout, c.RequestTimeout))
 	}
 	if c.DeadAfter <= c.KeepaliveInterval {
 		errs = append(errs, fmt.Errorf("dead-after %v must exceed the keepalive interval %v", c.DeadAfter, c.KeepaliveInterval))

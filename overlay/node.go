@@ -77,6 +77,8 @@ type Node struct {
 	connecting map[NodeID]int
 	observed   []string
 	published  map[routing.ID]*dht.Record
+	hops       map[hopKey]*hopWait // forwards awaiting their acknowledgement
+	reachSent  []uint32            // the reach last advertised to the links
 	onMessage  func(from NodeID, payload []byte)
 	onRouted   func(key, from NodeID, payload []byte)
 	rnd        *rand.Rand
@@ -114,6 +116,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		punching:   map[NodeID]chan net.Addr{},
 		connecting: map[NodeID]int{},
 		published:  map[routing.ID]*dht.Record{},
+		hops:       map[hopKey]*hopWait{},
 		rnd:        rand.New(rand.NewPCG(binary.BigEndian.Uint64(id[:8]), uint64(time.Now().UnixNano()))),
 	}
 	sock.onProbe = n.handleProbe
@@ -148,6 +151,7 @@ func (n *Node) Close() error {
 		_ = s.send(&wire.Frame{Type: wire.TypeClose, Reason: "node closing"})
 		n.dropSession(s, "node closing")
 	}
+	n.stopHops()
 	err := n.sock.pc.Close()
 	n.wg.Wait()
 	return err
@@ -324,6 +328,10 @@ func (n *Node) linkEstablished(s *session, victim *session) {
 	}
 	n.log.Info("overlay: link up", "peer", s.peer.Short(), "remote", s.remote.String(), "path", s.kind.String())
 	n.advertise()
+	n.mu.Lock()
+	reach := n.table.Reach()
+	n.mu.Unlock()
+	_ = s.send(&wire.Frame{Type: wire.TypeReach, Reach: reach})
 }
 
 // dropSession forgets s; a link's loss is advertised and reported.
@@ -396,6 +404,7 @@ func (n *Node) rejoinIfAlone() {
 func (n *Node) handleFrame(s *session, f *wire.Frame) {
 	n.mu.Lock()
 	s.lastHeard = n.clock.Now()
+	s.suspect = false // it answers
 	n.mu.Unlock()
 	switch f.Type {
 	case wire.TypeHello:
@@ -410,6 +419,14 @@ func (n *Node) handleFrame(s *session, f *wire.Frame) {
 		n.mu.Unlock()
 	case wire.TypeForward:
 		n.handleForward(s, f.Forward)
+	case wire.TypeAck:
+		n.hopAcked(s.peer, f.Nonce)
+	case wire.TypeReach:
+		n.mu.Lock()
+		if s.linked {
+			n.table.SetPeerReach(s.peer, f.Reach)
+		}
+		n.mu.Unlock()
 	case wire.TypeReply:
 		n.handleReply(f.Reply)
 	case wire.TypeData:
@@ -489,183 +506,11 @@ func (n *Node) handleHello(s *session, h *wire.Hello) {
 	}
 }
 
-// --- routing ---
-
-func (n *Node) newMsgID() uint64 {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.rnd.Uint64()
-}
-
-// nextHop chooses the session to forward toward dest, or nil when this
-// node is the root. Exact messages go straight to a session with dest.
-func (n *Node) nextHop(dest NodeID, exact bool, via []NodeID) *session {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if exact {
-		if s := n.sessions[dest]; s != nil {
-			return s
-		}
-	}
-	// As in the simulator, a message may pass a node again when what that
-	// node advertised has changed since (a dead neighbour dropped); twice
-	// is a loop. The origin of a lookup for its own ID is not its answer.
-	skip := func(id NodeID) bool {
-		if len(via) > 0 && id == via[0] && dest == via[0] {
-			return true
-		}
-		seen := 0
-		for _, v := range via {
-			if v == id {
-				seen++
-			}
-		}
-		return seen >= 2
-	}
-	next, ok := n.table.NextHop(dest, skip)
-	if !ok {
-		return nil
-	}
-	return n.sessions[next]
-}
-
-func (n *Node) handleForward(from *session, m *wire.Forward) {
-	if len(m.Via) == 0 || m.Via[len(m.Via)-1] != from.peer {
-		return // the via list must end with the hop it came from
-	}
-	for tries := 0; tries < 3; tries++ {
-		next := n.nextHop(m.Dest, m.Exact, m.Via)
-		if next == nil {
-			n.deliver(m)
-			return
-		}
-		if m.TTL == 0 || len(m.Via) >= wire.MaxVia {
-			n.replyError(m, "", "hop limit reached")
-			return
-		}
-		fwd := *m
-		fwd.TTL--
-		fwd.Via = append(append([]NodeID(nil), m.Via...), n.id)
-		if err := next.send(&wire.Frame{Type: wire.TypeForward, Forward: &fwd}); err == nil {
-			return
-		}
-		n.dropSession(next, "send failed")
-	}
-	n.replyError(m, "", "no live next hop")
-}
-
-func (n *Node) reply(m *wire.Forward, kind uint8, payload []byte) {
-	r := &wire.Reply{ID: m.ID, Kind: kind, Path: m.Via, Payload: payload}
-	n.sendReply(r)
-}
-
-func (n *Node) replyError(m *wire.Forward, reason dht.Reason, detail string) {
-	n.reply(m, kindError, encodeError(string(reason), detail))
-}
-
-func (n *Node) sendReply(r *wire.Reply) {
-	if len(r.Path) == 0 {
-		n.handleReply(r)
-		return
-	}
-	prev := r.Path[len(r.Path)-1]
-	r = &wire.Reply{ID: r.ID, Kind: r.Kind, Path: r.Path[:len(r.Path)-1], Payload: r.Payload}
-	if prev == n.id {
-		n.sendReply(r)
-		return
-	}
-	n.mu.Lock()
-	s := n.sessions[prev]
-	n.mu.Unlock()
-	if s != nil {
-		_ = s.send(&wire.Frame{Type: wire.TypeReply, Reply: r})
-	}
-}
-
-func (n *Node) handleReply(r *wire.Reply) {
-	if len(r.Path) > 0 {
-		n.sendReply(r)
-		return
-	}
-	n.mu.Lock()
-	ch := n.pending[r.ID]
-	delete(n.pending, r.ID)
-	n.mu.Unlock()
-	if ch != nil {
-		ch <- r
-	}
-}
-
-// request routes a message and waits for its reply. first, when set, is
-// the first hop (a join goes through the bootstrap before the table has
-// links).
-func (n *Node) request(ctx context.Context, kind uint8, dest NodeID, exact bool, payload []byte, first *session) (*wire.Reply, error) {
-	ctx, cancel := context.WithTimeout(ctx, n.cfg.RequestTimeout)
-	defer cancel()
-	m := &wire.Forward{ID: n.newMsgID(), Kind: kind, Exact: exact, TTL: 32, Dest: dest, Via: []NodeID{n.id}, Payload: payload}
-	ch := make(chan *wire.Reply, 1)
-	n.mu.Lock()
-	n.pending[m.ID] = ch
-	n.mu.Unlock()
-	defer func() {
-		n.mu.Lock()
-		delete(n.pending, m.ID)
-		n.mu.Unlock()
-	}()
-	next := first
-	if next == nil {
-		next = n.nextHop(dest, exact, m.Via)
-	}
-	if next == nil && dest != n.id {
-		next = n.anySessionIfUnlinked()
-	}
-	if next == nil {
-		if exact && dest != n.id {
-			return nil, fmt.Errorf("routing to %s: %w: no link leads closer", dest.Short(), ErrUnreachable)
-		}
-		n.deliver(m)
-	} else if err := next.send(&wire.Frame{Type: wire.TypeForward, Forward: m}); err != nil {
-		return nil, fmt.Errorf("routing to %s: %w", dest.Short(), err)
-	}
-	select {
-	case r := <-ch:
-		if r.Kind == kindError {
-			reason, detail := decodeError(r.Payload)
-			if reason != "" {
-				return nil, &dht.RejectError{Reason: dht.Reason(reason), Key: dest, Detail: detail}
-			}
-			return nil, fmt.Errorf("routing to %s: %s", dest.Short(), detail)
-		}
-		return r, nil
-	case <-ctx.Done():
-		return nil, fmt.Errorf("routing to %s: no reply: %w", dest.Short(), ctx.Err())
-	case <-n.ctx.Done():
-		return nil, ErrClosed
-	}
-}
-
-// anySessionIfUnlinked returns a session to route through when the table
-// has no links yet: a node that the bootstrap refused to link still asks
-// others through its transient session.
-func (n *Node) anySessionIfUnlinked() *session {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.table.Len() > 0 {
-		return nil
-	}
-	for _, s := range n.sessions {
-		if !s.closed {
-			return s
-		}
-	}
-	return nil
-}
-
 // deliver handles a message this node is the destination (or root) of.
 func (n *Node) deliver(m *wire.Forward) {
 	origin := m.Via[0]
 	if m.Exact && m.Dest != n.id {
-		n.replyError(m, "", fmt.Sprintf("%v: stopped at %s", ErrUnreachable, n.id.Short()))
+		n.replyError(m, errUnreachable, "no way on from "+n.id.Short())
 		return
 	}
 	switch m.Kind {

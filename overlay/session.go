@@ -41,6 +41,7 @@ type session struct {
 	pingSent  time.Time
 	contact   wire.Contact
 	carrying  int  // relayed sessions that run through this one
+	suspect   bool // a forward to it went unacknowledged; cleared by any frame
 	requested bool // we asked the peer to hold this session as a link
 	decided   bool // the peer answered our request
 	closed    bool

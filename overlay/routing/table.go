@@ -3,6 +3,7 @@ package routing
 import (
 	"errors"
 	"fmt"
+	"slices"
 )
 
 // Config is the shape of a routing table.
@@ -39,6 +40,16 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// MaxReach bounds the entries of a Reach advertisement: 256 prefixes of 4
+// bytes fit one datagram, and a D = 16 table never needs more.
+const MaxReach = 256
+
+// Prefix returns the first 32 bits of id: how a node three hops away is
+// known. Up to billions of nodes, 32 bits tell apart the nodes a lookup
+// compares at that distance; the exact choices are made nearer, with full
+// IDs.
+func Prefix(id ID) uint32 { return uint32(word(&id, 0) >> 32) }
+
 // ErrFull is returned by Add when the table already holds Degree links.
 var ErrFull = errors.New("routing table full")
 
@@ -51,6 +62,9 @@ type link struct {
 	// peer is the neighbour's own link set as it last advertised it: the
 	// lookahead that lets a lookup use 2-hop knowledge at no pinhole cost.
 	peer []ID
+	// reach is what the neighbour's neighbours link to, as the neighbour
+	// last advertised it (Reach): 3-hop knowledge, as ID prefixes.
+	reach []uint32
 }
 
 // Table is one node's routing table. It is not safe for concurrent use;
@@ -146,6 +160,60 @@ func (t *Table) PeerLinks(peer ID) []ID {
 		return t.links[i].peer
 	}
 	return nil
+}
+
+// SetPeerReach records the reach a neighbour advertised (its Reach: the
+// prefixes of the nodes its own neighbours link to). The table keeps the
+// slice as given: the caller must not modify it afterwards. It reports
+// whether peer is linked (advertisements from others are ignored).
+func (t *Table) SetPeerReach(peer ID, reach []uint32) bool {
+	i := t.index(peer)
+	if i < 0 {
+		return false
+	}
+	t.links[i].reach = reach
+	return true
+}
+
+// PeerReach returns the reach peer last advertised (nil when not linked).
+func (t *Table) PeerReach(peer ID) []uint32 {
+	if i := t.index(peer); i >= 0 {
+		return t.links[i].reach
+	}
+	return nil
+}
+
+// Reach returns what this node advertises to its neighbours beside its
+// links: the prefixes of every node its neighbours advertised (its 2-hop
+// set, which is 3 hops from the neighbour that receives it), self
+// excluded, sorted and without duplicates. It costs no pinhole and lets
+// each neighbour choose its next hop knowing three hops ahead. With D = 16
+// it holds at most 16 * 15 = 240 entries; a larger table keeps MaxReach
+// of them, evenly spread over the ID space.
+func (t *Table) Reach() []uint32 {
+	n := 0
+	for i := range t.links {
+		n += len(t.links[i].peer)
+	}
+	out := make([]uint32, 0, n)
+	self := Prefix(t.self)
+	for i := range t.links {
+		for j := range t.links[i].peer {
+			if p := Prefix(t.links[i].peer[j]); p != self {
+				out = append(out, p)
+			}
+		}
+	}
+	slices.Sort(out)
+	out = slices.Compact(out)
+	if len(out) > MaxReach {
+		kept := make([]uint32, MaxReach)
+		for i := range kept {
+			kept[i] = out[i*len(out)/MaxReach]
+		}
+		out = kept
+	}
+	return slices.Clip(out)
 }
 
 // bucketCount returns how many links fall in bucket b.
@@ -271,16 +339,29 @@ func (t *Table) evictRedundant() (ID, bool) {
 
 // NextHop returns the neighbour to forward a message for target to, or
 // ok=false when no node this table knows is closer to target than self, so
-// that self is the target's root. It considers the links and every node
-// they advertised (the neighbours' neighbours) and goes through the link
-// that leads to the closest of them; a direct link wins a tie. skip, when
-// not nil, excludes nodes (already visited, known dead).
+// that self is the target's root. It considers every node known up to
+// three hops out: the links, what they advertised (the neighbours'
+// neighbours, full IDs) and their reach (the nodes one step further, by
+// prefix), and goes through the link that leads to the closest of them.
+// A node known nearer wins a tie: a direct link over the same node two
+// hops out, a full ID over a prefix that cannot be told closer. When
+// several neighbours lead to the best node, the one nearest the target
+// goes, its own view reaching further. skip, when not nil, excludes
+// nodes (already tried, suspected dead) as next hops and as targets.
 func (t *Table) NextHop(target ID, skip func(ID) bool) (next ID, ok bool) {
+	return t.nextHop(target, t.self, skip, nil, true)
+}
+
+// nextHop is NextHop for a way to a node closer than floor; deadPrefixes
+// also excludes nodes three hops out, and far=false leaves them out
+// altogether.
+func (t *Table) nextHop(target, floor ID, skip func(ID) bool, deadPrefixes []uint32, far bool) (next ID, ok bool) {
 	// The first 64 bits decide almost every comparison; Closer settles the
 	// rare tie on them.
 	t0 := word(&target, 0)
-	best := t.self
+	best := floor
 	bestW := word(&best, 0) ^ t0
+	known := true // best is a full ID, not a prefix three hops out
 	closer := func(z *ID) bool {
 		w := word(z, 0) ^ t0
 		return w < bestW || (w == bestW && Closer(target, *z, best))
@@ -292,6 +373,11 @@ func (t *Table) NextHop(target ID, skip func(ID) bool) (next ID, ok bool) {
 			best, bestW, via = *id, word(id, 0)^t0, i
 		}
 	}
+	// better reports whether neighbour i is a better way to a node as good
+	// as the best: nearer the target itself.
+	better := func(i int) bool {
+		return via >= 0 && t.links[via].id != best && Closer(target, t.links[i].id, t.links[via].id)
+	}
 	for i := range t.links {
 		l := &t.links[i]
 		if skip != nil && skip(l.id) {
@@ -301,10 +387,27 @@ func (t *Table) NextHop(target ID, skip func(ID) bool) (next ID, ok bool) {
 			z := &l.peer[j]
 			if closer(z) && *z != t.self && (skip == nil || !skip(*z)) {
 				best, bestW, via = *z, word(z, 0)^t0, i
-			} else if *z == best && via >= 0 && t.links[via].id != best && Closer(target, l.id, t.links[via].id) {
-				// Several neighbours lead to the best node: go through
-				// the one nearest the target, whose own view reaches
-				// further.
+			} else if *z == best && better(i) {
+				via = i
+			}
+		}
+	}
+	// Three hops out only a prefix is known: it wins only when its 32
+	// bits alone say it is closer than the best (its distance counts as
+	// the worst its other bits could make it).
+	t32 := uint32(t0 >> 32)
+	for i := range t.links {
+		l := &t.links[i]
+		if !far || len(l.reach) == 0 || (skip != nil && skip(l.id)) {
+			continue
+		}
+		bestHi := uint32(bestW >> 32)
+		for _, p := range l.reach {
+			d := p ^ t32
+			if d < bestHi && (deadPrefixes == nil || !slices.Contains(deadPrefixes, p)) {
+				bestHi = d
+				bestW, via, known = uint64(d)<<32|0xffffffff, i, false
+			} else if d == bestHi && !known && Closer(target, l.id, t.links[via].id) {
 				via = i
 			}
 		}
@@ -313,6 +416,105 @@ func (t *Table) NextHop(target ID, skip func(ID) bool) (next ID, ok bool) {
 		return ID{}, false
 	}
 	return t.links[via].id, true
+}
+
+// Route is what a message's next hop depends on beside the table.
+type Route struct {
+	// Target is the key or node ID the message is for.
+	Target ID
+	// Path is the nodes the message passed, origin first, the node that
+	// holds it now not included.
+	Path []ID
+	// Dead is the nodes that did not acknowledge the message on its way
+	// (it carries them): no node sends it to them or toward them.
+	Dead []ID
+}
+
+// Forward returns the neighbour a message goes to next from this node, or
+// ok=false when it ends here. avoid (may be nil) excludes neighbours this
+// node knows not to answer.
+//
+// The choice is NextHop's, with what the message learnt on its way. The
+// message goes on only toward a node closer to the target than any it
+// has passed (the closest it passed, or this node, is where it ends
+// otherwise); it goes neither to nor toward a node in r.Dead, and not back
+// to a node it passed. A node that can offer no such way sends the message
+// back to the node it came from, which chose this way for a closer node
+// that is not there (dead, or gone from an advertisement): that node does
+// not go this way again, and looks no further than two hops, where what it
+// knows is exact. A lookup for the origin's own ID (a joining node finding
+// its neighbourhood) never ends at the origin.
+func (t *Table) Forward(r Route, avoid func(ID) bool) (next ID, ok bool) {
+	own := len(r.Path) > 0 && r.Path[0] == r.Target
+	floor := t.self // the closest node the message reached
+	var sent []ID   // where this node sent the message before
+	for i, p := range r.Path {
+		if i+1 < len(r.Path) && p == t.self {
+			sent = append(sent, r.Path[i+1])
+		}
+		if !(own && i == 0) && Closer(r.Target, p, floor) {
+			floor = p
+		}
+	}
+	var skip func(ID) bool
+	if len(r.Path) > 0 || avoid != nil || len(r.Dead) > 0 {
+		skip = func(id ID) bool {
+			return slices.Contains(r.Path, id) || slices.Contains(r.Dead, id) || (avoid != nil && avoid(id))
+		}
+	}
+	var dead []uint32
+	for _, d := range r.Dead {
+		dead = append(dead, Prefix(d))
+	}
+	if next, ok := t.nextHop(r.Target, floor, skip, dead, len(sent) == 0); ok {
+		return next, true
+	}
+	if floor == t.self || len(r.Path) == 0 {
+		return ID{}, false
+	}
+	back := r.Path[len(r.Path)-1]
+	if back == t.self || !t.Has(back) || slices.Contains(r.Dead, back) || (avoid != nil && avoid(back)) {
+		return ID{}, false
+	}
+	return back, true
+}
+
+// Next is Forward at a node that knows some neighbours not to answer:
+// down reports them (no session, or silent since a message to them went
+// unacknowledged). A neighbour the choice would go to that is down is
+// added to r.Dead, while there is room, so that the nodes after this one
+// keep away from it too, and the choice is made again.
+func (t *Table) Next(r *Route, down func(ID) bool) (next ID, ok bool) {
+	for {
+		next, ok := t.Forward(*r, nil)
+		if !ok || down == nil || !down(next) {
+			return next, ok
+		}
+		if len(r.Dead) >= MaxDead {
+			return t.Forward(*r, down)
+		}
+		r.Dead = append(r.Dead, next)
+	}
+}
+
+// MaxDead bounds the nodes a message carries as not answering.
+const MaxDead = 16
+
+// MaxHops bounds a route: the hop limit a message starts with.
+const MaxHops = 32
+
+// MaxTries bounds how many neighbours one node tries for one message, one
+// after another, each time the last one did not acknowledge it: with a
+// tenth of the nodes failed at once, the chance that four in a row are
+// dead is 1 in 10,000.
+const MaxTries = 4
+
+// AmongClosest reports whether self is among the r nodes closest to key
+// that this table knows (links and what they advertised): a node that is
+// holds a replica of the key's record, and answers a get for it on the
+// way to the root.
+func (t *Table) AmongClosest(key ID, r int) bool {
+	return slices.Contains(t.Closest(key, r, nil), t.self)
 }
 
 // Closest returns up to n known nodes closest to target, self included,
@@ -384,6 +586,9 @@ type Health struct {
 	Close   int `json:"close_links"`
 	// Lookahead is how many distinct nodes the neighbours advertised.
 	Lookahead int `json:"lookahead"`
+	// Reach is how many distinct nodes three hops out the neighbours
+	// advertised (by prefix).
+	Reach int `json:"reach"`
 }
 
 // Health summarises the table.
@@ -402,5 +607,12 @@ func (t *Table) Health() Health {
 	h.Buckets = len(seen)
 	h.Close = min(len(t.links), t.cfg.Close)
 	h.Lookahead = len(non)
+	far := map[uint32]bool{}
+	for i := range t.links {
+		for _, p := range t.links[i].reach {
+			far[p] = true
+		}
+	}
+	h.Reach = len(far)
 	return h
 }

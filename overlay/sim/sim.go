@@ -1,11 +1,14 @@
 // Package sim is a discrete-event simulator of the overlay. It drives the
 // real routing code (overlay/routing: the table with its degree bound, the
-// link choice, the next-hop choice with the neighbours' neighbours) with up
-// to 100,000 nodes in one process and replaces only the network: a message
-// is a function call, a link is a pair of table entries, and a failed node
-// is one that stops answering. It measures what the appliance would see:
-// links per node, hops per lookup and how many lookups reach the key's true
-// root, healthy, right after a tenth of the nodes fail at once, and under
+// link choice, the next-hop choice that looks three hops ahead, the retry
+// of the next-best neighbour when one does not answer, the replica test
+// that lets a get end on the way) with up to 100,000 nodes in one process
+// and replaces only the network: a message is a function call, a link is a
+// pair of table entries, an advertisement is a slice handed over, and a
+// failed node is one that stops answering. It measures what the appliance
+// would see: links per node, hops per lookup and how many lookups reach the
+// key's true root (a routed message) or a live replica of its record (a
+// get), healthy, right after a tenth of the nodes fail at once, and under
 // churn.
 package sim
 
@@ -63,7 +66,7 @@ func DefaultConfig(n int) Config {
 		SessionMean:   2 * time.Hour,
 		Keepalive:     30 * time.Second,
 		MaintainEvery: 5 * time.Minute,
-		MaxHops:       64,
+		MaxHops:       routing.MaxHops,
 		Replicas:      3,
 	}
 }
@@ -96,21 +99,23 @@ func (r Reach) SuccessRate() float64 { return float64(r.Success) / float64(max(r
 
 // Lookups summarises the lookups of one phase.
 type Lookups struct {
-	Count    int
-	Success  int     // reached the live node closest to the key (its root)
-	HopsMean float64 // forwards per successful lookup
-	HopsP99  int
-	HopsMax  int
-	// Replica is the same toward the first of the key's r closest live
-	// nodes met on the way: where a get finds the record.
-	Replica Reach
-	// Timeouts is the mean number of forwards per lookup that hit a dead
-	// node and had to be retried elsewhere.
+	Count int
+	// Root is how routed messages (Route, Put) fared: success is reaching
+	// the live node closest to the key.
+	Root Reach
+	// Get is how gets fared: success is reaching a live node that holds
+	// the key's record, on the way (a replica answers for the root) or
+	// from the node where the route ends (it asks the replicas it knows).
+	// It counts only the gets whose record still exists: Lost are not in
+	// it.
+	Get Reach
+	// Lost is how many gets had every replica of their record failed: no
+	// lookup can find those until the publisher puts the record again.
+	Lost int
+	// Timeouts is the mean number of forwards per lookup that went to a
+	// dead node, were not acknowledged and were retried elsewhere.
 	Timeouts float64
 }
-
-// SuccessRate is Success/Count.
-func (l Lookups) SuccessRate() float64 { return float64(l.Success) / float64(max(l.Count, 1)) }
 
 // Result is what one run measured.
 type Result struct {
@@ -131,6 +136,10 @@ type node struct {
 	id    routing.ID
 	table *routing.Table
 	alive bool
+	// suspect are neighbours that did not acknowledge a forward: the node
+	// routes around them until it drops their link (keepalives).
+	suspect []routing.ID
+	dirty   bool // its Reach changed since it last advertised it
 }
 
 // Sim is one simulated overlay.
@@ -144,6 +153,10 @@ type Sim struct {
 	events eventQueue
 	live   *liveIndex   // built before the first lookup
 	pool   []routing.ID // IDs that joins will take, known to live
+	// stored, when set, counts the nodes as they were when the records
+	// were last put: the replicas are the r closest of those.
+	stored *liveIndex
+	dirty  []*node // nodes whose Reach must be advertised again
 }
 
 // New builds an empty simulator.
@@ -166,18 +179,32 @@ func Run(cfg Config) (Result, error) {
 		return Result{}, err
 	}
 	res := Result{N: cfg.N, Degree: cfg.Table.Degree}
+	// Reach advertisements wait for a node's keepalive tick in the
+	// appliance; here they go out every N/reachBatches joins.
+	const reachBatches = 16
 	for i := 0; i < cfg.N; i++ {
 		s.Join()
+		if (i+1)%max(cfg.N/reachBatches, 1) == 0 {
+			s.AdvertiseReach()
+		}
 	}
 	for r := 0; r < cfg.RepairRounds; r++ {
 		s.MaintainAll()
 	}
+	s.AdvertiseReach()
 	res.DegreeMean = s.meanDegree()
 	res.Healthy = s.MeasureLookups(cfg.Lookups)
+	// The records were put with every node up; the failed ones take
+	// their replicas with them.
+	s.StoreRecords()
 	s.FailRandom(cfg.FailFraction)
 	res.Failed = s.MeasureLookups(cfg.Lookups)
 	s.DetectAll()
 	s.MaintainAll()
+	s.AdvertiseReach()
+	// The publishers' refresh has put every record on its live r
+	// closest nodes again.
+	s.stored = nil
 	res.Repaired = s.MeasureLookups(cfg.Lookups)
 	if cfg.Churn > 0 {
 		res.Churned, res.Joins, res.Leaves = s.RunChurn(cfg.Churn, cfg.Lookups)
@@ -232,22 +259,58 @@ func (s *Sim) meanDegree() float64 {
 }
 
 // advertise pushes n's link set to its neighbours, as a link-state update
-// message does in the appliance.
+// message does in the appliance. Their reach and n's own change with it:
+// those go out with the next AdvertiseReach.
 func (s *Sim) advertise(n *node) {
 	links := n.table.Links()
+	s.markDirty(n)
 	for _, p := range links {
 		if m := s.byID[p]; m.alive {
 			m.table.SetPeerLinks(n.id, links)
+			s.markDirty(m)
 		}
 	}
 }
 
+func (s *Sim) markDirty(n *node) {
+	if !n.dirty {
+		n.dirty = true
+		s.dirty = append(s.dirty, n)
+	}
+}
+
+// AdvertiseReach has every node whose reach changed send it to its
+// neighbours, as the appliance does at its next keepalive tick.
+func (s *Sim) AdvertiseReach() {
+	for _, n := range s.dirty {
+		n.dirty = false
+		if !n.alive {
+			continue
+		}
+		reach := n.table.Reach()
+		for _, p := range n.table.Links() {
+			if m := s.byID[p]; m.alive {
+				m.table.SetPeerReach(n.id, reach)
+			}
+		}
+	}
+	s.dirty = s.dirty[:0]
+}
+
 func (s *Sim) unlink(a *node, id routing.ID) {
-	a.table.Remove(id)
+	s.remove(a, id)
 	if b := s.byID[id]; b != nil && b.alive {
-		b.table.Remove(a.id)
+		s.remove(b, a.id)
 		s.advertise(b)
 	}
+}
+
+// remove drops n's link to id, and its suspicion of id with it.
+func (s *Sim) remove(n *node, id routing.ID) bool {
+	if i := slices.Index(n.suspect, id); i >= 0 {
+		n.suspect = slices.Delete(n.suspect, i, i+1)
+	}
+	return n.table.Remove(id)
 }
 
 // tryLink is a link request from a to c, answered by c's own table.
@@ -286,32 +349,60 @@ func (s *Sim) tryLink(a, c *node) bool {
 	return true
 }
 
-// route forwards a message for key hop by hop from src with the real
-// next-hop choice. A forward to a dead neighbour times out: the sender
-// drops the link, tells its neighbours, and chooses again.
-func (s *Sim) route(src *node, key routing.ID, replicas []routing.ID) (root *node, hops, timeouts, atReplica int) {
-	cur := src
-	atReplica = -1
+// hop is where a route stands: the node that holds the message, the path
+// it took, and what it cost.
+type hop struct {
+	cur      *node
+	path     []routing.ID // nodes passed, origin first, cur not included
+	dead     []routing.ID // nodes that did not acknowledge it
+	hops     int          // forwards that arrived
+	timeouts int          // forwards to dead nodes
+}
+
+// route forwards a message for key hop by hop with the real forwarding
+// choice: each node picks its next hop with Table.Forward, and a forward
+// to a dead neighbour is not acknowledged, so the sender suspects that
+// neighbour from then on and tries its next best, up to routing.MaxTries
+// neighbours. stop, when not nil, is asked at every node the message
+// reaches and ends the route there when it says so. It returns the node
+// where the route ended, or nil when it failed on the way.
+func (s *Sim) route(src *node, key routing.ID, path []routing.ID, stop func(h *hop) bool) (*node, hop) {
+	h := hop{cur: src, path: path}
 	for {
-		if atReplica < 0 && slices.Contains(replicas, cur.id) {
-			atReplica = hops
+		if stop != nil && stop(&h) {
+			return h.cur, h
 		}
-		if hops >= s.cfg.MaxHops {
-			return nil, hops, timeouts, atReplica
+		if h.hops >= s.cfg.MaxHops {
+			return nil, h
 		}
-		next, ok := cur.table.NextHop(key, nil)
-		if !ok {
-			return cur, hops, timeouts, atReplica
+		cur := h.cur
+		down := func(id routing.ID) bool { return slices.Contains(cur.suspect, id) }
+		rt := routing.Route{Target: key, Path: h.path, Dead: h.dead}
+		var m *node
+		for try := 0; ; try++ {
+			next, ok := cur.table.Next(&rt, down)
+			if !ok {
+				h.dead = rt.Dead
+				return cur, h
+			}
+			if try == routing.MaxTries {
+				return nil, h // no neighbour answered: the sender gives up
+			}
+			if m = s.byID[next]; m.alive {
+				break
+			}
+			// No acknowledgement: the sender suspects it from now on,
+			// and the message carries it as dead.
+			h.timeouts++
+			cur.suspect = append(cur.suspect, next)
+			if len(rt.Dead) < routing.MaxDead {
+				rt.Dead = append(rt.Dead, next)
+			}
 		}
-		m := s.byID[next]
-		if !m.alive {
-			timeouts++
-			cur.table.Remove(next)
-			s.advertise(cur)
-			continue
-		}
-		cur = m
-		hops++
+		h.dead = rt.Dead
+		h.path = append(h.path, cur.id)
+		h.cur = m
+		h.hops++
 	}
 }
 
@@ -339,7 +430,9 @@ func (s *Sim) Join() *node {
 	if boot == nil {
 		return n
 	}
-	root, _, _, _ := s.route(boot, n.id, nil)
+	// The joining node's request enters the overlay through the
+	// bootstrap node: its path starts with the joining node.
+	root, _ := s.route(boot, n.id, []routing.ID{n.id}, nil)
 	if root == nil {
 		root = boot
 	}
@@ -369,7 +462,7 @@ func (s *Sim) Maintain(n *node) {
 	}
 	for _, b := range n.table.Gaps() {
 		key := routing.RandomInBucket(n.id, b, s.rnd)
-		root, _, _, _ := s.route(n, key, nil)
+		root, _ := s.route(n, key, nil, nil)
 		if root == nil || root == n {
 			continue
 		}
@@ -408,7 +501,7 @@ func (s *Sim) DetectAll() {
 		changed := false
 		for _, p := range n.table.Links() {
 			if !s.byID[p].alive {
-				n.table.Remove(p)
+				s.remove(n, p)
 				changed = true
 			}
 		}
@@ -510,19 +603,43 @@ func (s *Sim) trueClosest(key routing.ID, r int) []routing.ID {
 	if s.live == nil {
 		s.index(nil)
 	}
+	return closestIn(s.live, key, r)
+}
+
+// closestIn returns the r nodes closest to key that x counts.
+func closestIn(x *liveIndex, key routing.ID, r int) []routing.ID {
 	out := make([]routing.ID, 0, r)
 	for len(out) < r {
-		id, ok := s.live.root(key)
+		id, ok := x.root(key)
 		if !ok {
 			break
 		}
 		out = append(out, id)
-		s.live.add(id, -1)
+		x.add(id, -1)
 	}
 	for _, id := range out {
-		s.live.add(id, 1)
+		x.add(id, 1)
 	}
 	return out
+}
+
+// StoreRecords notes that every record is now on the r nodes closest to
+// its key among the live ones: until the next StoreRecords or a refresh,
+// a record's replicas are those nodes, alive or not.
+func (s *Sim) StoreRecords() {
+	if s.live == nil {
+		s.index(nil)
+	}
+	s.stored = &liveIndex{ids: s.live.ids, pos: s.live.pos, fen: slices.Clone(s.live.fen)}
+}
+
+// holders returns the live nodes that hold key's record.
+func (s *Sim) holders(key routing.ID) []routing.ID {
+	if s.stored == nil {
+		return s.trueClosest(key, s.cfg.Replicas)
+	}
+	out := closestIn(s.stored, key, s.cfg.Replicas)
+	return slices.DeleteFunc(out, func(id routing.ID) bool { return !s.byID[id].alive })
 }
 
 func sortSearch(n int, f func(int) bool) int {
@@ -541,7 +658,7 @@ func sortSearch(n int, f func(int) bool) int {
 func bitAt(id *routing.ID, i int) byte { return (id[i/8] >> (7 - uint(i%8))) & 1 }
 
 // MeasureLookups routes count lookups for random keys from random live
-// nodes and checks each against the key's true root.
+// nodes and checks each against the key's true root and its replicas.
 func (s *Sim) MeasureLookups(count int) Lookups {
 	var m measure
 	for i := 0; i < count; i++ {
@@ -552,35 +669,79 @@ func (s *Sim) MeasureLookups(count int) Lookups {
 
 // measure accumulates lookups.
 type measure struct {
-	res         Lookups
-	hops, rhops []int
-	timeouts    int
+	res        Lookups
+	hops, gets []int
+	timeouts   int
 }
 
-// lookup routes to a random key from a random live node, noting the hops
-// to the key's root and to the first of its replicas (a get ends there).
+// lookup routes to a random key from a random live node. The route goes
+// on to the key's root (where a routed message ends); a get for the key
+// ends earlier, at the first node on the way that holds the record and
+// knows itself among the key's r closest (the appliance's replica test),
+// or else where the route ends: that node asks the nodes it knows closest
+// to the key, one after another, as the appliance's root does.
 func (m *measure) lookup(s *Sim) {
 	src := s.randomLive()
 	key := s.newID()
-	replicas := s.trueClosest(key, s.cfg.Replicas)
-	root, h, t, atReplica := s.route(src, key, replicas)
+	root := s.trueClosest(key, 1)
+	held := s.holders(key)
+	r := s.cfg.Replicas
+	got := -1
+	end, h := s.route(src, key, nil, func(h *hop) bool {
+		if got < 0 && slices.Contains(held, h.cur.id) && h.cur.table.AmongClosest(key, r) {
+			got = h.hops
+		}
+		return false
+	})
 	m.res.Count++
-	m.timeouts += t
-	if root != nil && root.id == replicas[0] {
-		m.res.Success++
-		m.hops = append(m.hops, h)
+	m.timeouts += h.timeouts
+	if end != nil && len(root) > 0 && end.id == root[0] {
+		m.res.Root.Success++
+		m.hops = append(m.hops, h.hops)
 	}
-	if atReplica >= 0 {
-		m.res.Replica.Success++
-		m.rhops = append(m.rhops, atReplica)
+	if len(held) == 0 {
+		m.res.Lost++
+		return
 	}
+	if got < 0 && end != nil {
+		got = m.askReplicas(s, end, src, key, held, h.hops)
+	}
+	if got >= 0 {
+		m.res.Get.Success++
+		m.gets = append(m.gets, got)
+	}
+}
+
+// askReplicas is the end of a get at a node that does not hold the
+// record: it asks the r+1 nodes it knows closest to the key, the origin
+// excepted, one after another; a neighbour costs a hop, a node two hops
+// out two. It returns the hops until a live holder answered, or -1.
+func (m *measure) askReplicas(s *Sim, at, origin *node, key routing.ID, held []routing.ID, hops int) int {
+	if slices.Contains(held, at.id) {
+		return hops
+	}
+	for _, id := range at.table.Closest(key, s.cfg.Replicas+1, func(id routing.ID) bool { return id == at.id || id == origin.id }) {
+		cost := 2
+		if at.table.Has(id) {
+			cost = 1
+		}
+		if !s.byID[id].alive {
+			m.timeouts++
+			continue
+		}
+		if slices.Contains(held, id) {
+			return hops + cost
+		}
+	}
+	return -1
 }
 
 func (m *measure) result() Lookups {
 	m.res.Timeouts = float64(m.timeouts) / float64(max(m.res.Count, 1))
-	m.res.Replica.Count = m.res.Count
-	summarise(&m.res.HopsMean, &m.res.HopsP99, &m.res.HopsMax, m.hops)
-	summarise(&m.res.Replica.HopsMean, &m.res.Replica.HopsP99, &m.res.Replica.HopsMax, m.rhops)
+	m.res.Root.Count = m.res.Count
+	m.res.Get.Count = m.res.Count - m.res.Lost
+	summarise(&m.res.Root.HopsMean, &m.res.Root.HopsP99, &m.res.Root.HopsMax, m.hops)
+	summarise(&m.res.Get.HopsMean, &m.res.Get.HopsP99, &m.res.Get.HopsMax, m.gets)
 	return m.res
 }
 
@@ -607,7 +768,12 @@ const (
 	evDetect
 	evMaintain
 	evLookup
+	evReach
 )
+
+// reachEvery is how often the nodes whose reach changed advertise it under
+// churn: the appliance sends it at its keepalive tick.
+const reachEvery = 15 * time.Second
 
 type event struct {
 	at   time.Duration
@@ -678,6 +844,7 @@ func (s *Sim) RunChurn(d time.Duration, lookups int) (res Lookups, joins, leaves
 	for i := 0; i < lookups; i++ {
 		s.schedule(event{at: s.now + time.Duration(s.rnd.Int64N(int64(d))), kind: evLookup})
 	}
+	s.schedule(event{at: s.now + reachEvery, kind: evReach})
 	end := s.now + d
 	var m measure
 	for s.events.Len() > 0 {
@@ -699,9 +866,12 @@ func (s *Sim) RunChurn(d time.Duration, lookups int) (res Lookups, joins, leaves
 			joins++
 			s.schedule(event{at: s.now + s.cfg.MaintainEvery, kind: evMaintain, n: n})
 		case evDetect:
-			if e.n.alive && e.n.table.Remove(e.peer) {
+			if e.n.alive && s.remove(e.n, e.peer) {
 				s.advertise(e.n)
 			}
+		case evReach:
+			s.AdvertiseReach()
+			s.schedule(event{at: s.now + reachEvery, kind: evReach})
 		case evMaintain:
 			if e.n.alive {
 				s.Maintain(e.n)

@@ -28,15 +28,23 @@ func TestNoNodeExceedsDegree(t *testing.T) {
 		t.Fatalf("churn phase had %d joins and %d leaves", r.Joins, r.Leaves)
 	}
 	for name, l := range map[string]Lookups{"healthy": r.Healthy, "repaired": r.Repaired, "churn": r.Churned} {
-		if l.SuccessRate() < 0.995 {
-			t.Errorf("%s: %.2f%% of lookups reached the root, want at least 99.5%%", name, 100*l.SuccessRate())
+		if l.Root.SuccessRate() < 0.995 || l.Get.SuccessRate() < 0.995 {
+			t.Errorf("%s: %.2f%% of routes reached the root and %.2f%% of gets a replica, want at least 99.5%%",
+				name, 100*l.Root.SuccessRate(), 100*l.Get.SuccessRate())
 		}
 	}
-	if r.Failed.SuccessRate() < 0.98 {
-		t.Errorf("10%% failed: %.2f%% of lookups reached the root, want at least 98%%", 100*r.Failed.SuccessRate())
+	// A tenth of the nodes dead and nobody told: lookups meet them, go
+	// around them, and still find the record wherever a replica lives.
+	f := r.Failed
+	if f.Timeouts == 0 {
+		t.Error("10% failed: no lookup met a dead node")
 	}
-	if r.Healthy.HopsP99 > 8 {
-		t.Errorf("healthy p99 hops %d at N=%d, want at most 8", r.Healthy.HopsP99, n)
+	if f.Get.SuccessRate() < 0.99 || f.Root.SuccessRate() < 0.98 {
+		t.Errorf("10%% failed: %.2f%% of gets found a live replica (want 99%%), %.2f%% of routes the live root (want 98%%)",
+			100*f.Get.SuccessRate(), 100*f.Root.SuccessRate())
+	}
+	if r.Healthy.Root.HopsP99 > 8 {
+		t.Errorf("healthy p99 hops %d at N=%d, want at most 8", r.Healthy.Root.HopsP99, n)
 	}
 }
 

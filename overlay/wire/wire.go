@@ -27,6 +27,8 @@ const (
 	TypeData    Type = 6 // an application payload for the linked peer
 	TypeRelay   Type = 7 // a datagram relayed for a third node
 	TypeClose   Type = 8 // the sender is dropping the link
+	TypeAck     Type = 9 // a forward arrived (Nonce is its message ID)
+	TypeReach   Type = 10
 )
 
 // Limits that bound what a peer can make a node allocate.
@@ -58,14 +60,19 @@ type Hello struct {
 	Linked   bool         // the sender holds this session as a table link
 }
 
-// Forward is a routed message.
+// Forward is a routed message. Each hop acknowledges it (TypeAck) to the
+// node that sent it; a node that gets no acknowledgement adds the silent
+// neighbour to Dead and sends the message to its next best neighbour.
 type Forward struct {
-	ID      uint64
-	Kind    uint8
-	Exact   bool // deliver only at the node whose ID is Dest
-	TTL     uint8
-	Dest    routing.ID
-	Via     []routing.ID // origin first
+	ID    uint64
+	Kind  uint8
+	Exact bool // deliver only at the node whose ID is Dest
+	TTL   uint8
+	Dest  routing.ID
+	Via   []routing.ID // origin first
+	// Dead are nodes that did not acknowledge the message on its way: the
+	// nodes after keep away from them (at most routing.MaxDead).
+	Dead    []routing.ID
 	Payload []byte
 }
 
@@ -95,6 +102,10 @@ type Frame struct {
 	Data    []byte // data
 	Relay   *Relay
 	Reason  string // close
+	// Reach is the sender's reach (routing.Table.Reach): the ID prefixes
+	// of the nodes its neighbours link to, sorted, at most
+	// routing.MaxReach, so that a frame fits one datagram.
+	Reach []uint32
 }
 
 // Encoder builds frames.
@@ -151,12 +162,23 @@ func Marshal(f *Frame) ([]byte, error) {
 		} else {
 			e.u8(0)
 		}
-	case TypePing, TypePong:
+	case TypePing, TypePong, TypeAck:
 		e.u64(f.Nonce)
+	case TypeReach:
+		if len(f.Reach) > routing.MaxReach {
+			return nil, fmt.Errorf("encoding reach: %d entries, limit %d", len(f.Reach), routing.MaxReach)
+		}
+		e.u16(uint16(len(f.Reach)))
+		for _, p := range f.Reach {
+			e.b = binary.BigEndian.AppendUint32(e.b, p)
+		}
 	case TypeForward:
 		m := f.Forward
 		if len(m.Via) > MaxVia {
 			return nil, fmt.Errorf("encoding forward: via list of %d, limit %d", len(m.Via), MaxVia)
+		}
+		if len(m.Dead) > routing.MaxDead {
+			return nil, fmt.Errorf("encoding forward: dead list of %d, limit %d", len(m.Dead), routing.MaxDead)
 		}
 		e.u64(m.ID)
 		e.u8(m.Kind)
@@ -168,6 +190,7 @@ func Marshal(f *Frame) ([]byte, error) {
 		e.u8(m.TTL)
 		e.id(m.Dest)
 		e.ids(m.Via)
+		e.ids(m.Dead)
 		e.bytes(m.Payload)
 	case TypeReply:
 		m := f.Reply
@@ -347,12 +370,26 @@ func Unmarshal(p []byte) (*Frame, error) {
 		h.Links = d.IDs("links", MaxLinks)
 		h.Linked = d.U8("linked") == 1
 		f.Hello = h
-	case TypePing, TypePong:
+	case TypePing, TypePong, TypeAck:
 		f.Nonce = d.U64("nonce")
+	case TypeReach:
+		n := int(d.U16("reach count"))
+		if n > routing.MaxReach {
+			d.fail("reach: %d entries, limit %d", n, routing.MaxReach)
+			break
+		}
+		b := d.take(4*n, "reach")
+		if d.Err() == nil {
+			f.Reach = make([]uint32, n)
+			for i := range f.Reach {
+				f.Reach[i] = binary.BigEndian.Uint32(b[4*i:])
+			}
+		}
 	case TypeForward:
 		m := &Forward{ID: d.U64("message ID"), Kind: d.U8("kind"), Exact: d.U8("exact") == 1, TTL: d.U8("ttl")}
 		m.Dest = d.ID("destination")
 		m.Via = d.IDs("via list", MaxVia)
+		m.Dead = d.IDs("dead list", routing.MaxDead)
 		m.Payload = d.Bytes("payload")
 		f.Forward = m
 	case TypeReply:

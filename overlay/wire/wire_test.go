@@ -15,7 +15,11 @@ func sampleFrames() []*Frame {
 		{Type: TypeHello, Hello: &Hello{Self: Contact{ID: a, Reachability: 2, Addrs: []string{"203.0.113.1:4790"}}, Observed: "198.51.100.9:5000", Links: []routing.ID{a, b}, Linked: true}},
 		{Type: TypePing, Nonce: 42},
 		{Type: TypePong, Nonce: 43},
-		{Type: TypeForward, Forward: &Forward{ID: 7, Kind: 3, Exact: true, TTL: 30, Dest: b, Via: []routing.ID{a}, Payload: []byte("INVITE")}},
+		{Type: TypeForward, Forward: &Forward{ID: 7, Kind: 3, Exact: true, TTL: 30, Dest: b, Via: []routing.ID{a}, Dead: []routing.ID{}, Payload: []byte("INVITE")}},
+		{Type: TypeForward, Forward: &Forward{ID: 8, Kind: 4, TTL: 29, Dest: a, Via: []routing.ID{b, a}, Dead: []routing.ID{b}, Payload: []byte{}}},
+		{Type: TypeAck, Nonce: 7},
+		{Type: TypeReach, Reach: []uint32{1, 0x80000000, 0xffffffff}},
+		{Type: TypeReach, Reach: []uint32{}},
 		{Type: TypeReply, Reply: &Reply{ID: 7, Kind: 4, Path: []routing.ID{a, b}, Payload: []byte{}}},
 		{Type: TypeData, Data: []byte("SIP/2.0 200 OK")},
 		{Type: TypeRelay, Relay: &Relay{Peer: a, Data: []byte{22, 254, 253}}},
@@ -50,6 +54,9 @@ func TestMalformedFramesSayWhat(t *testing.T) {
 		{"truncated ping", []byte{byte(TypePing), 1, 2}, "nonce"},
 		{"via list too long", append([]byte{byte(TypeForward)}, append(make([]byte, 11+32), 0xff, 0xff)...), "via list"},
 		{"trailing bytes", []byte{byte(TypeClose), 0, 1, 'x', 'y'}, "trailing"},
+		{"reach too long", []byte{byte(TypeReach), 0x01, 0x01}, "reach: 257 entries"},
+		{"truncated reach", []byte{byte(TypeReach), 0, 2, 0, 0, 0, 1}, "reach"},
+		{"dead list too long", append([]byte{byte(TypeForward)}, append(make([]byte, 11+32+2), 0x00, 0x11)...), "dead list"},
 	}
 	for _, tc := range cases {
 		_, err := Unmarshal(tc.in)

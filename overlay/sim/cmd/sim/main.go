@@ -48,8 +48,8 @@ func main() {
 		}
 		ns = append(ns, n)
 	}
-	fmt.Println("| N | D | degree max | degree mean | phase | to the root: hops mean | p99 | success | to a replica: hops mean | p99 | success | dead hops/lookup |")
-	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Println("| N | D | degree max | degree mean | phase | get: hops mean | p99 | success | route to the root: hops mean | p99 | success | records lost | dead hops/lookup |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, n := range ns {
 		cfg := sim.DefaultConfig(n)
 		cfg.Table.Degree = *degree
@@ -85,10 +85,11 @@ func main() {
 		}
 		for _, ph := range phases {
 			l := ph.l
-			fmt.Printf("| %d | %d | %d | %.2f | %s | %.2f | %d | %s | %.2f | %d | %s | %.2f |\n",
+			fmt.Printf("| %d | %d | %d | %.2f | %s | %.2f | %d | %s | %.2f | %d | %s | %s | %.2f |\n",
 				r.N, r.Degree, r.DegreeMax, r.DegreeMean, ph.name,
-				l.HopsMean, l.HopsP99, pct(float64(l.Success)/float64(max(l.Count, 1))),
-				l.Replica.HopsMean, l.Replica.HopsP99, pct(l.Replica.SuccessRate()), l.Timeouts)
+				l.Get.HopsMean, l.Get.HopsP99, pct(l.Get.SuccessRate()),
+				l.Root.HopsMean, l.Root.HopsP99, pct(l.Root.SuccessRate()),
+				pct(float64(l.Lost)/float64(max(l.Count, 1))), l.Timeouts)
 		}
 		fmt.Fprintf(os.Stderr, "N=%d: %.0fs\n", n, r.Elapsed.Seconds())
 	}
