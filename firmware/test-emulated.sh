@@ -132,7 +132,7 @@ emulated_daemon() { # qemu binary platform
       if awk -v u="$up" 'BEGIN { exit !(u >= 3) }'; then
         break
       fi
-    elif [ $code != 3 ]; then # 3: no daemon answers (yet)
+    elif [ $code != 3 ] && [ $code != 4 ]; then # 3: no daemon answers yet; 4: it is still starting
       fail "$platform: superpeer status exited $code"
       break
     fi
